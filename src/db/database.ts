@@ -1,0 +1,78 @@
+/**
+ * The pool, and the one path by which hark issues statements: `query(purpose, text, values,
+ * executor?)`. Every statement is counted by purpose; with an executor it runs on the caller's
+ * connection (their transaction), otherwise on the pool.
+ */
+import pg from 'pg';
+import { type BreakerState, CircuitBreaker } from './circuit-breaker.js';
+import type { Executor, QueryResultLike } from './executor.js';
+import { type StatementPurpose, StatementCounter } from './statement-counter.js';
+
+export interface DatabaseOptions {
+  connectionString: string;
+  poolMax: number;
+  /** Label shown in pg_stat_activity. */
+  applicationName: string;
+  /** Called with errors from idle pooled connections (they must never crash the process). */
+  onIdleError: (err: Error) => void;
+  /** Called when the circuit breaker changes state. */
+  onBreakerChange?: (state: BreakerState, error: Error | null) => void;
+}
+
+export class Database {
+  readonly pool: pg.Pool;
+  readonly counter = new StatementCounter();
+  /** Opens after repeated connection failures of pooled statements; see circuit-breaker.ts. */
+  readonly breaker: CircuitBreaker;
+
+  constructor(private readonly options: DatabaseOptions) {
+    this.pool = new pg.Pool({
+      connectionString: options.connectionString,
+      max: options.poolMax,
+      application_name: options.applicationName,
+      keepAlive: true,
+      idleTimeoutMillis: 30_000,
+    });
+    this.pool.on('error', (err) => options.onIdleError(err));
+    this.breaker = new CircuitBreaker({
+      probe: async () => {
+        this.counter.add('probe');
+        await this.pool.query('SELECT 1');
+      },
+      onChange: (state, error) => options.onBreakerChange?.(state, error),
+    });
+  }
+
+  // biome-ignore lint/suspicious/noExplicitAny: rows are typed by the caller
+  async query<R = any>(
+    purpose: StatementPurpose,
+    text: string,
+    values?: unknown[],
+    executor?: Executor,
+  ): Promise<QueryResultLike<R>> {
+    this.counter.add(purpose);
+    if (executor) return executor.query(text, values as unknown[]);
+    try {
+      const result = await this.pool.query(text, values as unknown[]);
+      this.breaker.success();
+      return result;
+    } catch (err) {
+      this.breaker.failure(err);
+      throw err;
+    }
+  }
+
+  /** A dedicated client outside the pool (the listener, migrations). */
+  createClient(connectionString = this.options.connectionString): pg.Client {
+    return new pg.Client({
+      connectionString,
+      application_name: this.options.applicationName,
+      keepAlive: true,
+    });
+  }
+
+  async end(): Promise<void> {
+    this.breaker.stop();
+    await this.pool.end();
+  }
+}

@@ -1,0 +1,12 @@
+export type { FailedJob, QueueStats } from './client/admin.js';
+export type { Job, JobError, JobState } from './client/job.js';
+export type { JobInput } from './client/producer.js';
+export type { QueueInfo } from './client/queue-registry.js';
+export type { HarkOptions, MigrateMode } from './config/hark-options.js';
+export * from './config/options.js';
+export type { Executor } from './db/executor.js';
+export * from './errors.js';
+export type { HarkEvents } from './events.js';
+export { Hark, type HarkHealth, type Queue } from './hark.js';
+export type { ActiveJob, BatchHandler, JobHandler } from './runtime/job-context.js';
+export { currentVersion, latestVersion, migrate, verify } from './sql/migrator.js';

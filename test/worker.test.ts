@@ -1,0 +1,264 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import {
+  JobFailedError,
+  JobTimeoutError,
+  NonRetryableError,
+  ShutdownError,
+  WaitTimeoutError,
+} from '../src/index.js';
+import { deferred, nextEvent, testContext, waitFor } from './helpers/context.js';
+
+const ctx = testContext(import.meta.url);
+
+describe('work', () => {
+  test('runs jobs up to the concurrency limit and stores their output', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-conc');
+    let running = 0;
+    let peak = 0;
+    const gate = deferred();
+    await hark.work('w-conc', { concurrency: 3 }, async (job) => {
+      running++;
+      peak = Math.max(peak, running);
+      await gate.promise;
+      running--;
+      return { doubled: (job.payload as number) * 2 };
+    });
+    const ids = await hark.sendMany(
+      Array.from({ length: 10 }, (_, i) => ({ queue: 'w-conc', payload: i })),
+    );
+    await waitFor('three running', () => running === 3);
+    assert.equal((await hark.stats()).find((s) => s.queue === 'w-conc')?.counts.active, 3);
+    gate.resolve();
+    const outputs = await Promise.all(ids.map((id) => hark.waitForJob(id)));
+    assert.deepEqual(
+      outputs,
+      ids.map((_, i) => ({ doubled: i * 2 })),
+    );
+    assert.equal(peak, 3);
+  });
+
+  test('claims by priority, then run_at, then id', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-prio');
+    await hark.sendMany([
+      { queue: 'w-prio', payload: 'low-1', options: { priority: -5 } },
+      { queue: 'w-prio', payload: 'mid-1' },
+      { queue: 'w-prio', payload: 'high', options: { priority: 10 } },
+      { queue: 'w-prio', payload: 'mid-2' },
+    ]);
+    const order: unknown[] = [];
+    await hark.work('w-prio', { concurrency: 1 }, async (job) => {
+      order.push(job.payload);
+    });
+    await waitFor('all four', () => order.length === 4);
+    assert.deepEqual(order, ['high', 'mid-1', 'mid-2', 'low-1']);
+  });
+
+  test('batch handlers get up to batchSize jobs per call; an array result maps to each job', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-batch');
+    const ids = await hark.sendMany(
+      Array.from({ length: 25 }, (_, i) => ({ queue: 'w-batch', payload: i })),
+    );
+    const sizes: number[] = [];
+    await hark.workBatch('w-batch', { batchSize: 10, concurrency: 1 }, async (jobs) => {
+      sizes.push(jobs.length);
+      return jobs.map((j) => (j.payload as number) + 100);
+    });
+    const outputs = await Promise.all(ids.map((id) => hark.waitForJob(id)));
+    assert.deepEqual(
+      outputs,
+      ids.map((_, i) => i + 100),
+    );
+    assert.ok(sizes.every((n) => n <= 10));
+    assert.equal(
+      sizes.reduce((a, b) => a + b, 0),
+      25,
+    );
+    await assert.rejects(
+      hark.work('w-batch2', { batchSize: 5 }, async () => {}),
+      /needs workBatch/,
+    );
+  });
+
+  test('retries with backoff, then completes; errors are kept per attempt', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-retry', { retryLimit: 3, retryDelayMs: 100, retryBackoff: false });
+    const starts: number[] = [];
+    await hark.work('w-retry', {}, async (job) => {
+      starts.push(Date.now());
+      if (job.attempt < 3) throw new Error(`attempt ${job.attempt} failed`);
+      return 'third time lucky';
+    });
+    const id = await hark.send('w-retry', {});
+    assert.equal(await hark.waitForJob(id), 'third time lucky');
+    const job = await hark.getJob(id);
+    assert.equal(job?.state, 'completed');
+    assert.equal(job?.attempt, 3);
+    assert.deepEqual(
+      job?.errors.map((e) => e.message),
+      ['attempt 1 failed', 'attempt 2 failed'],
+    );
+    // Each retry waited at least its delay (the worker's own timer woke it, no polling).
+    for (let i = 1; i < starts.length; i++) assert.ok(starts[i]! - starts[i - 1]! >= 95);
+  });
+
+  test('exhausted and non-retryable jobs fail and are copied to the dead-letter queue', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-dlq');
+    await hark.createQueue('w-src', { retryLimit: 1, retryDelayMs: 10, deadLetter: 'w-dlq' });
+    await hark.work('w-src', {}, async (job) => {
+      if (job.payload === 'fatal') throw new NonRetryableError('bad input, do not retry');
+      throw new Error('flaky');
+    });
+    const fatal = await hark.send('w-src', 'fatal');
+    const flaky = await hark.send('w-src', 'flaky');
+    await assert.rejects(hark.waitForJob(fatal), (e: Error) => {
+      assert.ok(e instanceof JobFailedError);
+      assert.match(e.message, /bad input, do not retry/);
+      return true;
+    });
+    await assert.rejects(hark.waitForJob(flaky), JobFailedError);
+    assert.equal((await hark.getJob(fatal))?.attempt, 1);
+    assert.equal((await hark.getJob(flaky))?.attempt, 2);
+    const copies = await ctx.pool.query(
+      `SELECT payload, source_job_id::text AS source, state FROM ${ctx.t('jobs')} WHERE queue = 'w-dlq' ORDER BY id`,
+    );
+    assert.deepEqual(
+      copies.rows.map((r) => [r.payload, r.source, r.state]).sort(),
+      [
+        ['fatal', fatal, 'available'],
+        ['flaky', flaky, 'available'],
+      ].sort(),
+    );
+  });
+
+  test('a timeout aborts the signal and counts the attempt as failed', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-timeout', { timeoutMs: 100, retryLimit: 0 });
+    let sawAbort: unknown;
+    await hark.work('w-timeout', {}, async (_job, signal) => {
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve()));
+      sawAbort = signal.reason;
+    });
+    const id = await hark.send('w-timeout', {});
+    await assert.rejects(hark.waitForJob(id), JobFailedError);
+    assert.ok(sawAbort instanceof JobTimeoutError);
+    const job = await hark.getJob(id);
+    assert.equal(job?.errors[0]?.name, 'JobTimeoutError');
+    // A handler that ignores its signal cannot hold its slot past the timeout either.
+    await hark.createQueue('w-timeout-stubborn', { timeoutMs: 50, retryLimit: 0 });
+    await hark.work('w-timeout-stubborn', { concurrency: 1 }, async () => {
+      await new Promise((r) => setTimeout(r, 2_000));
+    });
+    const a = await hark.send('w-timeout-stubborn', 'a');
+    const b = await hark.send('w-timeout-stubborn', 'b');
+    await assert.rejects(hark.waitForJob(a), JobFailedError);
+    await assert.rejects(hark.waitForJob(b), JobFailedError);
+  });
+
+  test('a delayed job starts when due, woken by its timer', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-delay');
+    const started = deferred<number>();
+    await hark.work('w-delay', {}, async () => started.resolve(Date.now()));
+    const sentAt = Date.now();
+    const id = await hark.send('w-delay', {}, { delayMs: 400 });
+    const at = await started.promise;
+    assert.ok(at - sentAt >= 390, `started ${at - sentAt} ms after send`);
+    const job = await hark.getJob(id);
+    assert.ok(job?.startedAt && job.startedAt.getTime() >= job.runAt.getTime());
+  });
+
+  test('waitForJob, sendAndWait and their errors', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-wait');
+    await hark.work('w-wait', {}, async (job) => {
+      if (job.payload === 'fail') throw new NonRetryableError('nope');
+      if (job.payload === 'slow') await new Promise((r) => setTimeout(r, 1_000));
+      return `echo:${job.payload}`;
+    });
+    assert.equal(await hark.sendAndWait('w-wait', 'hi'), 'echo:hi');
+    const id = await hark.send('w-wait', 'done-before-wait');
+    await waitFor('completed', async () => (await hark.getJob(id))?.state === 'completed');
+    assert.equal(await hark.waitForJob(id), 'echo:done-before-wait');
+    await assert.rejects(hark.sendAndWait('w-wait', 'fail'), JobFailedError);
+    await assert.rejects(
+      hark.sendAndWait('w-wait', 'slow', { waitTimeoutMs: 50 }),
+      WaitTimeoutError,
+    );
+    await assert.rejects(hark.waitForJob('987654321'), /No job with id/);
+  });
+});
+
+describe('graceful shutdown', () => {
+  test('lets active jobs finish before the deadline', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-stop-ok');
+    await hark.work('w-stop-ok', {}, async () => {
+      await new Promise((r) => setTimeout(r, 200));
+      return 'finished';
+    });
+    const started = nextEvent(hark, 'job:start', (e) => e.queue === 'w-stop-ok');
+    const id = await hark.send('w-stop-ok', {});
+    await started;
+    await hark.stop({ timeoutMs: 5_000 });
+    const r = await ctx.pool.query(`SELECT state, output FROM ${ctx.t('jobs')} WHERE id = $1`, [
+      id,
+    ]);
+    assert.deepEqual(r.rows[0], { state: 'completed', output: 'finished' });
+  });
+
+  test('past the deadline aborts and releases jobs without spending an attempt', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-stop-abort', { retryLimit: 0 });
+    let reason: unknown;
+    await hark.work('w-stop-abort', {}, async (_job, signal) => {
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve()));
+      reason = signal.reason;
+    });
+    const started = nextEvent(hark, 'job:start', (e) => e.queue === 'w-stop-abort');
+    const id = await hark.send('w-stop-abort', {});
+    await started;
+    const released = nextEvent(hark, 'job:release', (e) => e.id === id);
+    await hark.stop({ timeoutMs: 100 });
+    await released;
+    assert.ok(reason instanceof ShutdownError);
+    const r = await ctx.pool.query(
+      `SELECT state, attempt, lease_token, errors FROM ${ctx.t('jobs')} WHERE id = $1`,
+      [id],
+    );
+    assert.deepEqual(r.rows[0], { state: 'available', attempt: 0, lease_token: null, errors: [] });
+    // Another worker picks it up and it still has its one attempt.
+    const next = await ctx.hark();
+    await next.work('w-stop-abort', {}, async () => 'second worker');
+    assert.equal(await next.waitForJob(id), 'second worker');
+  });
+});
+
+test('a handler output that cannot be stored fails the job instead of crashing the worker', async () => {
+  const hark = await ctx.hark();
+  await hark.createQueue('w-output', { retryLimit: 2 });
+  await hark.work('w-output', {}, async (job) => (job.payload === 'big' ? { n: 1n } : 'fine'));
+  const bad = await hark.send('w-output', 'big');
+  await assert.rejects(hark.waitForJob(bad), /not JSON-serialisable/);
+  assert.equal((await hark.getJob(bad))?.attempt, 1);
+  assert.equal(await hark.sendAndWait('w-output', 'ok'), 'fine');
+});
+
+test('several delayed jobs sent one by one all run when due (the timer re-arms for the next)', async () => {
+  const hark = await ctx.hark();
+  await hark.createQueue('w-delays');
+  const ran: number[] = [];
+  await hark.work('w-delays', {}, async (job) => {
+    ran.push(job.payload as number);
+  });
+  const ids: string[] = [];
+  for (const [i, delayMs] of [300, 350, 400, 700, 701].entries()) {
+    ids.push(await hark.send('w-delays', i, { delayMs }));
+  }
+  await Promise.all(ids.map((id) => hark.waitForJob(id, { timeoutMs: 10_000 })));
+  assert.deepEqual([...ran].sort(), [0, 1, 2, 3, 4]);
+});
