@@ -45,6 +45,11 @@ export class HarkEventEmitter {
     this.emitter.setMaxListeners(100);
   }
 
+  /** Whether anyone listens: hot paths skip building events nobody reads. */
+  has(event: keyof HarkEvents): boolean {
+    return this.emitter.listenerCount(event) > 0;
+  }
+
   on<K extends keyof HarkEvents>(event: K, listener: Listener<HarkEvents[K]>): () => void {
     this.emitter.on(event, listener);
     return () => this.emitter.off(event, listener);

@@ -303,11 +303,13 @@ export class Hark {
       );
     }
     await this.registry.require([queue]);
+    const concurrency = o.concurrency ?? 10;
     const worker = new QueueWorker(
       {
         queue,
-        concurrency: o.concurrency ?? 10,
+        concurrency,
         batchSize: o.batchSize ?? 1,
+        minFetch: Math.min(concurrency, o.minFetch ?? Math.max(1, Math.floor(concurrency / 10))),
         fallbackPollMs: o.fallbackPollMs ?? this.options.fallbackPollMs,
         handler,
       },

@@ -33,7 +33,7 @@ describe('migrations', () => {
         results.map((r) => r.code),
         Array(10).fill(0),
       );
-      // Exactly one process applied version 1; the others found it applied.
+      // Exactly one process applied the migrations; the others found them applied.
       const applied = results.map((r) => JSON.parse(r.out) as number[]);
       assert.equal(applied.filter((a) => a.length > 0).length, 1);
       const versions = await ctx.pool.query(
@@ -41,7 +41,7 @@ describe('migrations', () => {
       );
       assert.deepEqual(
         versions.rows.map((r) => r.version),
-        [latestVersion(schema)],
+        Array.from({ length: latestVersion(schema) }, (_, i) => i + 1),
       );
       const client = await ctx.pool.connect();
       try {
@@ -74,7 +74,7 @@ describe('migrations', () => {
     const verifying = new Hark({ connectionString: ctx.url, schema, migrate: 'verify' });
     await assert.rejects(verifying.start(), (e: Error) => {
       assert.ok(e instanceof SchemaVersionError);
-      assert.match(e.message, /is at version 0, this hark needs 1: run `hark migrate`/);
+      assert.match(e.message, /is at version 0, this hark needs 2: run `hark migrate`/);
       return true;
     });
     const off = new Hark({

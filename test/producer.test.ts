@@ -153,7 +153,7 @@ describe('send', () => {
     );
     await assert.rejects(
       hark.work('p-bad', { concurrency: 0 }, async () => {}),
-      /expected `concurrency` to be an integer from 1 to 1000, got `0` \(number\)/,
+      /expected `concurrency` to be an integer from 1 to 10000, got `0` \(number\)/,
     );
     await assert.rejects(hark.cancel('abc'), /expected `id` to be a job id/);
     // Nothing was half-written by any of the rejected calls.
@@ -293,5 +293,54 @@ describe('reading and steering jobs', () => {
     await hark.retry(failing);
     const again = await againEvent;
     assert.equal(again.attempt, 2);
+  });
+});
+
+describe('micro-batching', () => {
+  test('concurrent sends share statements; each gets its own id, in order', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('p-coalesce');
+    const before = hark.statements.byPurpose['send'] ?? 0;
+    const ids = await Promise.all(
+      Array.from({ length: 50 }, (_, i) => hark.send('p-coalesce', { i })),
+    );
+    const statements = (hark.statements.byPurpose['send'] ?? 0) - before;
+    assert.ok(statements < 50, `${statements} statements for 50 concurrent sends`);
+    assert.equal(new Set(ids).size, 50);
+    for (const [i, id] of ids.entries()) {
+      assert.deepEqual((await hark.getJob(id))?.payload, { i });
+    }
+  });
+
+  test('a row the database refuses fails only its own send', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('p-refuse');
+    const jobs = `"${ctx.schema}".jobs`;
+    await ctx.pool.query(`
+      CREATE FUNCTION "${ctx.schema}".refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        IF NEW.payload ? 'bad' THEN RAISE EXCEPTION 'refused by test trigger'; END IF;
+        RETURN NEW;
+      END $$`);
+    await ctx.pool.query(`CREATE TRIGGER refuse_bad BEFORE INSERT ON ${jobs}
+      FOR EACH ROW WHEN (NEW.queue = 'p-refuse') EXECUTE FUNCTION "${ctx.schema}".refuse_bad()`);
+    try {
+      const results = await Promise.allSettled(
+        Array.from({ length: 10 }, (_, i) =>
+          hark.send('p-refuse', i === 4 ? { bad: true } : { i }),
+        ),
+      );
+      assert.deepEqual(
+        results.map((r) => r.status),
+        results.map((_, i) => (i === 4 ? 'rejected' : 'fulfilled')),
+      );
+      assert.match(String((results[4] as PromiseRejectedResult).reason), /refused by test trigger/);
+      const stored = await ctx.pool.query(
+        `SELECT count(*)::int AS n FROM ${jobs} WHERE queue = 'p-refuse'`,
+      );
+      assert.equal(stored.rows[0].n, 9);
+    } finally {
+      await ctx.pool.query(`DROP TRIGGER refuse_bad ON ${jobs}`);
+    }
   });
 });

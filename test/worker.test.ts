@@ -262,3 +262,94 @@ test('several delayed jobs sent one by one all run when due (the timer re-arms f
   await Promise.all(ids.map((id) => hark.waitForJob(id, { timeoutMs: 10_000 })));
   assert.deepEqual([...ran].sort(), [0, 1, 2, 3, 4]);
 });
+
+describe('the hot path', () => {
+  test('job.signal: a one-parameter handler reaches the same signal, aborted on timeout', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-job-signal', { timeoutMs: 100, retryLimit: 0 });
+    let reason: unknown;
+    await hark.work('w-job-signal', {}, async (job) => {
+      await new Promise<void>((resolve) => job.signal.addEventListener('abort', () => resolve()));
+      reason = job.signal.reason;
+    });
+    const id = await hark.send('w-job-signal', {});
+    await assert.rejects(hark.waitForJob(id), JobFailedError);
+    assert.ok(reason instanceof JobTimeoutError);
+    // Dates of the job view are real Dates, and JSON shows the job without its signal.
+    await hark.createQueue('w-job-view');
+    let seen: Record<string, unknown> | undefined;
+    await hark.work('w-job-view', {}, async (job) => {
+      assert.ok(job.runAt instanceof Date && job.createdAt instanceof Date);
+      assert.ok(job.runAt.getTime() >= job.createdAt.getTime() - 1);
+      seen = JSON.parse(JSON.stringify(job));
+    });
+    const viewId = await hark.send('w-job-view', { a: 1 });
+    await hark.waitForJob(viewId);
+    assert.deepEqual(Object.keys(seen ?? {}).sort(), [
+      'attempt',
+      'createdAt',
+      'id',
+      'leaseMs',
+      'maxAttempts',
+      'payload',
+      'priority',
+      'queue',
+      'runAt',
+      'singletonKey',
+      'timeoutMs',
+    ]);
+    assert.deepEqual(seen?.['payload'], { a: 1 });
+  });
+
+  test('retention 0: a completed job is deleted by its completion, unless someone waits for it', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-gone', { retentionMs: 0 });
+    await hark.work('w-gone', {}, async (job) => `out-${job.payload}`);
+    const done = nextEvent(hark, 'job:complete', (e) => e.queue === 'w-gone');
+    const id = await hark.send('w-gone', 1);
+    await done;
+    assert.equal(await hark.getJob(id), null);
+    // A waiter marks the job: its output is kept until the waiter has read it.
+    assert.equal(await hark.sendAndWait('w-gone', 2), 'out-2');
+    // Retention above 0 keeps the job completed, with its output.
+    await hark.createQueue('w-kept', { retentionMs: 60_000 });
+    await hark.work('w-kept', {}, async () => 'kept');
+    const keptDone = nextEvent(hark, 'job:complete', (e) => e.queue === 'w-kept');
+    const kept = await hark.send('w-kept', {});
+    await keptDone;
+    const job = await hark.getJob(kept);
+    assert.equal(job?.state, 'completed');
+    assert.equal(job?.output, 'kept');
+  });
+
+  test('minFetch: while handlers run, the worker claims again only once enough slots are free', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-min-fetch');
+    const gates = new Map<number, ReturnType<typeof deferred<void>>>();
+    const started: number[] = [];
+    await hark.work('w-min-fetch', { concurrency: 4, minFetch: 2 }, async (job) => {
+      const n = job.payload as number;
+      started.push(n);
+      const g = deferred();
+      gates.set(n, g);
+      await g.promise;
+    });
+    await hark.sendMany(
+      Array.from({ length: 8 }, (_, i) => ({ queue: 'w-min-fetch', payload: i })),
+    );
+    await waitFor('four running', () => started.length === 4);
+    const claims = () => hark.statements.byPurpose['claim'] ?? 0;
+    const before = claims();
+    gates.get(started[0]!)!.resolve();
+    // One free slot of four, with three handlers still running: no claim.
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(claims(), before);
+    assert.equal(started.length, 4);
+    gates.get(started[1]!)!.resolve();
+    await waitFor('two more started', () => started.length === 6);
+    assert.equal(claims(), before + 1);
+    for (const g of gates.values()) g.resolve();
+    await waitFor('all eight', () => started.length === 8);
+    for (const g of gates.values()) g.resolve();
+  });
+});

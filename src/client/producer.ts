@@ -10,6 +10,7 @@ import {
   type SendOptions,
   validateSendOptions,
 } from '../config/options.js';
+import { isConnectionError } from '../db/circuit-breaker.js';
 import type { Database } from '../db/database.js';
 import { arrayLiteral } from '../db/array-literal.js';
 import type { Executor } from '../db/executor.js';
@@ -42,7 +43,23 @@ export interface InsertRow {
   failedRetentionMs: number;
 }
 
+/** Sends waiting to share one insert statement. */
+interface Waiting {
+  rows: InsertRow[];
+  resolve: (ids: string[]) => void;
+  reject: (error: unknown) => void;
+}
+
+/** Inserts of coalesced sends that may run at once; the rest wait and go together. */
+const COALESCE_IN_FLIGHT = 2;
+/** The most rows one coalesced insert carries. */
+const COALESCE_MAX_ROWS = 1_000;
+
 export class Producer {
+  private waiting: Waiting[] = [];
+  private inFlight = 0;
+  private flushQueued = false;
+
   constructor(
     private readonly db: Database,
     private readonly q: Queries,
@@ -188,6 +205,76 @@ export class Producer {
   }
 
   private async insert(rows: InsertRow[], executor: Executor | undefined): Promise<string[]> {
+    // Outside a caller's transaction, concurrent sends share statements (micro-batching):
+    // while inserts are in flight, new sends wait and then go together in one statement,
+    // with one NOTIFY per queue. A send that finds nothing in flight goes at once (after the
+    // current microtask), so a lone send waits for nobody.
+    if (executor === undefined && !rows.some((r) => r.singletonKey !== null)) {
+      return new Promise((resolve, reject) => {
+        this.waiting.push({ rows, resolve, reject });
+        if (this.inFlight < COALESCE_IN_FLIGHT && !this.flushQueued) {
+          this.flushQueued = true;
+          queueMicrotask(() => {
+            this.flushQueued = false;
+            this.flushWaiting();
+          });
+        }
+      });
+    }
+    return this.insertNow(rows, executor);
+  }
+
+  private flushWaiting(): void {
+    while (this.inFlight < COALESCE_IN_FLIGHT && this.waiting.length > 0) {
+      let count = 0;
+      let take = 0;
+      while (take < this.waiting.length) {
+        const n = this.waiting[take]!.rows.length;
+        if (take > 0 && count + n > COALESCE_MAX_ROWS) break;
+        count += n;
+        take++;
+      }
+      const batch = this.waiting.splice(0, take);
+      this.inFlight++;
+      void this.insertShared(batch).finally(() => {
+        this.inFlight--;
+        this.flushWaiting();
+      });
+    }
+  }
+
+  /** One statement for every waiting send; if it fails for a reason other than the
+   * connection, each send is tried alone, so one bad row fails only its own send. */
+  private async insertShared(batch: Waiting[]): Promise<void> {
+    if (batch.length === 1) {
+      const w = batch[0]!;
+      await this.insertNow(w.rows, undefined).then(w.resolve, w.reject);
+      return;
+    }
+    let ids: string[];
+    try {
+      ids = await this.insertNow(
+        batch.flatMap((w) => w.rows),
+        undefined,
+      );
+    } catch (error) {
+      if (isConnectionError(error)) {
+        for (const w of batch) w.reject(error);
+        return;
+      }
+      await Promise.all(
+        batch.map((w) => this.insertNow(w.rows, undefined).then(w.resolve, w.reject)),
+      );
+      return;
+    }
+    let at = 0;
+    for (const w of batch) {
+      w.resolve(ids.slice(at, at + w.rows.length));
+      at += w.rows.length;
+    }
+  }
+
+  private async insertNow(rows: InsertRow[], executor: Executor | undefined): Promise<string[]> {
     const values = insertColumns(rows).map(arrayLiteral);
     const withKeys = rows.some((r) => r.singletonKey !== null);
     if (!withKeys) {

@@ -90,6 +90,13 @@ export interface WorkOptions {
   batchSize?: number;
   /** Poll interval, used only while the listener is disconnected. @default 2000 */
   fallbackPollMs?: number;
+  /**
+   * While handlers of this queue are running, fetch again only once at least this many slots
+   * are free, so that short jobs are claimed in batches (fewer statements per job). A worker
+   * with nothing running fetches as soon as work arrives, whatever this says.
+   * @default a tenth of `concurrency` (at least 1)
+   */
+  minFetch?: number;
 }
 
 const MAX_INT32 = 2_147_483_647;
@@ -124,7 +131,8 @@ const sendOptionsSpec: Spec = {
 };
 
 const workOptionsSpec: Spec = {
-  concurrency: { kind: 'integer', min: 1, max: 1_000 },
+  concurrency: { kind: 'integer', min: 1, max: 10_000 },
+  minFetch: { kind: 'integer', min: 1, max: 10_000 },
   batchSize: { kind: 'integer', min: 1, max: 10_000 },
   fallbackPollMs: { kind: 'integer', min: 100, max: 3_600_000 },
 };

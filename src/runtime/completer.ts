@@ -42,10 +42,18 @@ export class Completer {
 
   /** `output` is the handler's value already serialised as JSON (null for none). */
   complete(id: string, token: string, output: string | null): Promise<boolean> {
-    return new Promise((resolve) => {
-      this.completions.push({ id, token, output, resolve });
-      this.schedule(0);
-    });
+    return new Promise((resolve) => this.completeThen(id, token, output, resolve));
+  }
+
+  /** complete() for the hot path: `done` is called with whether the completion was accepted. */
+  completeThen(
+    id: string,
+    token: string,
+    output: string | null,
+    done: (accepted: boolean) => void,
+  ): void {
+    this.completions.push({ id, token, output, resolve: done });
+    this.schedule(0);
   }
 
   fail(

@@ -14,6 +14,12 @@ export interface ActiveJob<P = unknown> {
   singletonKey: string | null;
   timeoutMs: number | null;
   leaseMs: number;
+  /**
+   * Aborted when this attempt must end early: its timeout, a lost lease, a cancel, or a
+   * shutdown past its deadline. The same signal as the handler's second argument (created on
+   * first use, so handlers that never look at it do not pay for it).
+   */
+  readonly signal: AbortSignal;
 }
 
 export type JobHandler<P = unknown, O = unknown> = (
@@ -27,7 +33,19 @@ export type BatchHandler<P = unknown, O = unknown> = (
 ) => Promise<O[] | O> | O[] | O;
 
 /** A claimed row, with what the runtime needs to finish it. */
-export interface ClaimedJob extends ActiveJob {
+export interface ClaimedJob {
+  id: string;
+  queue: string;
+  payload: unknown;
+  attempt: number;
+  maxAttempts: number;
+  priority: number;
+  /** Epoch milliseconds. */
+  runAtMs: number;
+  createdAtMs: number;
+  singletonKey: string | null;
+  timeoutMs: number | null;
+  leaseMs: number;
   token: string;
   retryDelayMs: number;
   retryBackoff: boolean;
@@ -35,43 +53,93 @@ export interface ClaimedJob extends ActiveJob {
   deadLetter: string | null;
 }
 
-// biome-ignore lint/suspicious/noExplicitAny: a raw database row
-export function claimedFromRow(r: any, token: string): ClaimedJob {
+/** A claimed row of the claim statement (see `claim` in sql/queries.ts), every value as text. */
+export function claimedFromRaw(r: (string | null)[], token: string): ClaimedJob {
+  const timeout = r[9];
   return {
-    id: r.id,
-    queue: r.queue,
-    payload: r.payload,
-    attempt: r.attempt,
-    maxAttempts: r.max_attempts,
-    priority: r.priority,
-    runAt: r.run_at,
-    createdAt: r.created_at,
-    singletonKey: r.singleton_key,
-    timeoutMs: r.timeout_ms,
-    leaseMs: r.lease_ms,
+    id: r[0] as string,
+    queue: r[1] as string,
+    payload: JSON.parse(r[2] as string),
+    attempt: +(r[3] as string),
+    maxAttempts: +(r[4] as string),
+    priority: +(r[5] as string),
+    runAtMs: Math.round(+(r[6] as string)),
+    createdAtMs: Math.round(+(r[7] as string)),
+    singletonKey: r[8] ?? null,
+    timeoutMs: timeout === null || timeout === undefined ? null : +timeout,
+    leaseMs: +(r[10] as string),
+    retryDelayMs: +(r[11] as string),
+    retryBackoff: r[12] === 't',
+    retryDelayMaxMs: +(r[13] as string),
+    deadLetter: r[14] ?? null,
     token,
-    retryDelayMs: r.retry_delay_ms,
-    retryBackoff: r.retry_backoff,
-    retryDelayMaxMs: r.retry_delay_max_ms,
-    deadLetter: r.dead_letter,
   };
 }
 
-/** The public view of a claimed job (no token). */
-export function publicJob(j: ClaimedJob): ActiveJob {
-  return {
-    id: j.id,
-    queue: j.queue,
-    payload: j.payload,
-    attempt: j.attempt,
-    maxAttempts: j.maxAttempts,
-    priority: j.priority,
-    runAt: j.runAt,
-    createdAt: j.createdAt,
-    singletonKey: j.singletonKey,
-    timeoutMs: j.timeoutMs,
-    leaseMs: j.leaseMs,
-  };
+/** Where a job view finds its attempt's signal. */
+export interface SignalSource {
+  signal(): AbortSignal;
+}
+
+/** The public view of a claimed job (no token): dates and the signal are made on first use. */
+class JobView implements ActiveJob {
+  readonly id: string;
+  readonly queue: string;
+  readonly payload: unknown;
+  readonly attempt: number;
+  readonly maxAttempts: number;
+  readonly priority: number;
+  readonly singletonKey: string | null;
+  readonly timeoutMs: number | null;
+  readonly leaseMs: number;
+  readonly #j: ClaimedJob;
+  readonly #source: SignalSource;
+
+  constructor(j: ClaimedJob, source: SignalSource) {
+    this.id = j.id;
+    this.queue = j.queue;
+    this.payload = j.payload;
+    this.attempt = j.attempt;
+    this.maxAttempts = j.maxAttempts;
+    this.priority = j.priority;
+    this.singletonKey = j.singletonKey;
+    this.timeoutMs = j.timeoutMs;
+    this.leaseMs = j.leaseMs;
+    this.#j = j;
+    this.#source = source;
+  }
+
+  get runAt(): Date {
+    return new Date(this.#j.runAtMs);
+  }
+
+  get createdAt(): Date {
+    return new Date(this.#j.createdAtMs);
+  }
+
+  get signal(): AbortSignal {
+    return this.#source.signal();
+  }
+
+  toJSON(): Omit<ActiveJob, 'signal'> {
+    return {
+      id: this.id,
+      queue: this.queue,
+      payload: this.payload,
+      attempt: this.attempt,
+      maxAttempts: this.maxAttempts,
+      priority: this.priority,
+      runAt: this.runAt,
+      createdAt: this.createdAt,
+      singletonKey: this.singletonKey,
+      timeoutMs: this.timeoutMs,
+      leaseMs: this.leaseMs,
+    };
+  }
+}
+
+export function publicJob(j: ClaimedJob, source: SignalSource): ActiveJob {
+  return new JobView(j, source);
 }
 
 /** An error as stored in the job's `errors` list. */

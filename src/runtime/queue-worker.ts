@@ -15,12 +15,14 @@ import type { Queries } from '../sql/queries.js';
 import type { Completer } from './completer.js';
 import type { Heartbeat } from './heartbeat.js';
 import {
+  type ActiveJob,
   type BatchHandler,
   type ClaimedJob,
-  claimedFromRow,
+  claimedFromRaw,
   errorRecord,
   type JobHandler,
   publicJob,
+  type SignalSource,
 } from './job-context.js';
 
 const MAX_TIMER_MS = 2_147_483_647;
@@ -29,6 +31,8 @@ export interface QueueWorkerOptions {
   queue: string;
   concurrency: number;
   batchSize: number;
+  /** While handlers run, refill only once this many slots are free (an idle worker fetches at once). */
+  minFetch: number;
   fallbackPollMs: number;
   handler: { kind: 'single'; fn: JobHandler } | { kind: 'batch'; fn: BatchHandler };
 }
@@ -44,11 +48,37 @@ export interface QueueWorkerDeps {
   announceClaim: (leaseMs: number) => void;
 }
 
-interface Running {
-  jobs: ClaimedJob[];
-  controller: AbortController;
-  done: Promise<void>;
-  released: boolean;
+type Outcome = { ok: true; value: unknown } | { ok: false; error: unknown };
+
+/** One handler call (one job, or one batch) from claim to its outcome being handed on. */
+class Running implements SignalSource {
+  /** Made on first use: most handlers never look at their signal. */
+  private controller: AbortController | undefined;
+  aborted = false;
+  reason: unknown;
+  /** Settles the attempt early (abort); set while the handler runs. */
+  finish: ((o: Outcome) => void) | undefined;
+  /** The handler has settled or was abandoned: the slot is free again. */
+  settled = false;
+  released = false;
+
+  constructor(readonly jobs: ClaimedJob[]) {}
+
+  signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.aborted) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  abort(reason: unknown): void {
+    if (this.aborted) return;
+    this.aborted = true;
+    this.reason = reason;
+    this.controller?.abort(reason);
+    this.finish?.({ ok: false, error: reason });
+  }
 }
 
 export class QueueWorker {
@@ -66,7 +96,10 @@ export class QueueWorker {
   private cancelBreakerWait: (() => void) | undefined;
   /** The next claim was not caused by a notification the leader also heard. */
   private unannounced = true;
+  /** Handler calls that have not settled yet. */
   private readonly running = new Set<Running>();
+  private readonly idleWaiters: (() => void)[] = [];
+  private refillQueued = false;
   private readonly byJobId = new Map<string, Running>();
 
   constructor(
@@ -171,7 +204,8 @@ export class QueueWorker {
       for (;;) {
         this.wakeAgain = false;
         const free = this.o.concurrency - this.slotsInUse;
-        if (free <= 0 || this.stopping) {
+        // Busy: fetch once enough slots are free (a job that arrives now waits for them).
+        if (free <= 0 || (this.slotsInUse > 0 && free < this.o.minFetch) || this.stopping) {
           this.fetchWhenFree = !this.stopping;
           return;
         }
@@ -185,13 +219,14 @@ export class QueueWorker {
         const token = randomUUID();
         let rows: ClaimedJob[];
         try {
-          const r = await this.d.db.query('claim', this.d.q.claim, [
+          const raw = await this.d.db.queryRaw('claim', this.d.q.claim, [
             this.queue,
             limit,
             token,
             this.d.workerId,
           ]);
-          rows = r.rows.map((row) => claimedFromRow(row, token));
+          rows = new Array(raw.length);
+          for (let i = 0; i < raw.length; i++) rows[i] = claimedFromRaw(raw[i]!, token);
           this.errorStreak = 0;
         } catch (err) {
           this.errorStreak++;
@@ -205,21 +240,34 @@ export class QueueWorker {
           // The leader learns of claims from the notifications that cause them; this one had
           // none (start-up catch-up or polling), so tell it, or nobody would plan a rescue.
           this.unannounced = this.pollTimer !== undefined;
-          this.d.announceClaim(Math.min(...rows.map((r) => r.leaseMs)));
+          let lease = Number.POSITIVE_INFINITY;
+          for (const r of rows) lease = Math.min(lease, r.leaseMs);
+          this.d.announceClaim(lease);
         }
         this.dispatch(rows);
         const full = rows.length === limit;
         // Full: more may be waiting, fetch again as slots free. Short: drained, sleep.
         this.fetchWhenFree = full;
         if (!this.wakeAgain && !full) return;
-        if (this.o.concurrency - this.slotsInUse <= 0) {
-          this.fetchWhenFree = true;
-          return;
-        }
       }
     } finally {
       this.fetching = false;
     }
+  }
+
+  /**
+   * A slot freed. Fetch once per turn of the event loop, so the slots that free together (a
+   * batch of short jobs) share one claim, and only once enough are free while others still run.
+   */
+  private onSlotFree(): void {
+    if (!this.fetchWhenFree || this.stopping || this.refillQueued) return;
+    const free = this.o.concurrency - this.slotsInUse;
+    if (this.slotsInUse > 0 && free < this.o.minFetch) return;
+    this.refillQueued = true;
+    setImmediate(() => {
+      this.refillQueued = false;
+      if (this.fetchWhenFree && !this.stopping) this.wake();
+    });
   }
 
   private dispatch(rows: ClaimedJob[]): void {
@@ -235,88 +283,101 @@ export class QueueWorker {
 
   private start(jobs: ClaimedJob[]): void {
     this.slotsInUse++;
-    const controller = new AbortController();
-    const run: Running = { jobs, controller, done: Promise.resolve(), released: false };
+    const run = new Running(jobs);
     this.running.add(run);
+    const events = this.d.events;
+    const announce = events.has('job:start');
+    const now = Date.now();
     for (const job of jobs) {
       this.byJobId.set(job.id, run);
       this.d.heartbeat.track(job.id, job.token, job.leaseMs, () => {
-        this.d.events.emit('job:lease-lost', {
+        events.emit('job:lease-lost', { id: job.id, queue: job.queue, attempt: job.attempt });
+        run.abort(new LeaseLostError(job.id));
+      });
+      if (announce) {
+        events.emit('job:start', {
           id: job.id,
           queue: job.queue,
           attempt: job.attempt,
+          workerId: this.d.workerId,
+          waitMs: now - job.runAtMs,
         });
-        controller.abort(new LeaseLostError(job.id));
-      });
-      this.d.events.emit('job:start', {
-        id: job.id,
-        queue: job.queue,
-        attempt: job.attempt,
-        workerId: this.d.workerId,
-        waitMs: Date.now() - job.runAt.getTime(),
-      });
+      }
     }
-    run.done = this.execute(run)
-      .catch((error) =>
-        this.d.events.emit('worker:error', { queue: this.queue, error: error as Error }),
-      )
-      .finally(() => {
-        // Leases were untracked when the handler settled (execute) or by stop().
-        for (const job of jobs) {
-          // Another attempt of the same job may have been claimed meanwhile: leave its entry.
-          if (this.byJobId.get(job.id) === run) this.byJobId.delete(job.id);
-        }
-        this.running.delete(run);
-        this.slotsInUse--;
-        if (this.fetchWhenFree && !this.stopping) this.wake();
-      });
-  }
-
-  private async execute(run: Running): Promise<void> {
-    const { jobs, controller } = run;
-    const startedAt = Date.now();
-    const timeouts = jobs.map((j) => j.timeoutMs).filter((t): t is number => t !== null);
-    const timeoutMs = timeouts.length > 0 ? Math.min(...timeouts) : null;
+    let timeoutMs: number | null = null;
+    for (const j of jobs) {
+      if (j.timeoutMs !== null && (timeoutMs === null || j.timeoutMs < timeoutMs))
+        timeoutMs = j.timeoutMs;
+    }
     let timer: NodeJS.Timeout | undefined;
     if (timeoutMs !== null) {
-      timer = setTimeout(
-        () => controller.abort(new JobTimeoutError(jobs[0]!.id, timeoutMs)),
-        timeoutMs,
-      );
+      const ms = timeoutMs;
+      timer = setTimeout(() => run.abort(new JobTimeoutError(jobs[0]!.id, ms)), ms);
     }
-    // The attempt ends when the handler settles or the signal aborts, whichever is first: a
-    // handler that ignores its signal cannot hold a slot past its timeout or lease.
-    const aborted = new Promise<never>((_, reject) => {
-      if (controller.signal.aborted) reject(controller.signal.reason);
-      controller.signal.addEventListener('abort', () => reject(controller.signal.reason), {
-        once: true,
-      });
-    });
-    aborted.catch(() => {});
-    let outcome: { ok: true; value: unknown } | { ok: false; error: unknown };
-    try {
-      const h = this.o.handler;
-      const value = await Promise.race([
-        h.kind === 'single'
-          ? Promise.resolve().then(() => h.fn(publicJob(jobs[0]!), controller.signal))
-          : Promise.resolve().then(() => h.fn(jobs.map(publicJob), controller.signal)),
-        aborted,
-      ]);
-      outcome = { ok: true, value };
-    } catch (error) {
-      outcome = { ok: false, error };
-    } finally {
+    // The attempt ends when the handler settles or the attempt is aborted, whichever is first:
+    // a handler that ignores its signal cannot hold a slot past its timeout or lease.
+    this.invoke(run, (outcome) => {
       clearTimeout(timer);
+      try {
+        this.onOutcome(run, outcome, now);
+      } catch (error) {
+        this.forget(run);
+        events.emit('worker:error', { queue: this.queue, error: error as Error });
+      }
+    });
+  }
+
+  /** Calls the handler; `then` gets its outcome, or the abort's, whichever comes first. */
+  private invoke(run: Running, then: (o: Outcome) => void): void {
+    let open = true;
+    const finish = (o: Outcome) => {
+      if (!open) return;
+      open = false;
+      run.finish = undefined;
+      then(o);
+    };
+    run.finish = finish;
+    if (run.aborted) return finish({ ok: false, error: run.reason });
+    const h = this.o.handler;
+    // Making a signal costs more than a no-op job: a handler declared with exactly one
+    // parameter cannot read the second argument, so it gets none made (job.signal still
+    // makes one on first use). Any other arity gets it as the second argument.
+    const signal = h.fn.length === 1 ? (undefined as unknown as AbortSignal) : run.signal();
+    let value: unknown;
+    try {
+      value =
+        h.kind === 'single'
+          ? h.fn(publicJob(run.jobs[0]!, run), signal)
+          : h.fn(
+              run.jobs.map((j) => publicJob(j, run)),
+              signal,
+            );
+    } catch (error) {
+      return finish({ ok: false, error });
     }
-    // The handler has settled: stop renewing. A completion racing a heartbeat would otherwise
-    // look like a lost lease; if the outcome cannot be written before the lease lapses, the job
-    // is rescued and runs again, which is the at-least-once contract.
+    if (value !== null && typeof (value as PromiseLike<unknown>)?.then === 'function') {
+      (value as PromiseLike<unknown>).then(
+        (v) => finish({ ok: true, value: v }),
+        (error) => finish({ ok: false, error }),
+      );
+    } else finish({ ok: true, value });
+  }
+
+  /** The handler settled or the attempt was aborted: free the slot, hand the outcome on. */
+  private onOutcome(run: Running, outcome: Outcome, startedAt: number): void {
+    const { jobs } = run;
+    // Stop renewing. A completion racing a heartbeat would otherwise look like a lost lease;
+    // if the outcome cannot be written before the lease lapses, the job is rescued and runs
+    // again, which is the at-least-once contract.
     for (const job of jobs) this.d.heartbeat.untrack(job.id, job.token);
-    if (run.released) return; // shutdown handed the jobs back
-    const reason = controller.signal.reason;
-    if (controller.signal.aborted && reason instanceof LeaseLostError) return; // not ours any more
-    const durationMs = Date.now() - startedAt;
-    if (outcome.ok && !controller.signal.aborted) {
+    this.settle(run);
+    if (run.released || (run.aborted && run.reason instanceof LeaseLostError)) {
+      // Shutdown handed the jobs back, or they are not ours any more.
+      this.forget(run);
+      return;
+    }
+    const events = this.d.events;
+    if (outcome.ok && !run.aborted) {
       const value = outcome.value;
       const perJob =
         this.o.handler.kind === 'batch' && Array.isArray(value) && value.length === jobs.length;
@@ -328,31 +389,53 @@ export class QueueWorker {
         const error = new NonRetryableError(
           "the handler's return value is not JSON-serialisable (or holds a NUL character or an unpaired surrogate), so it cannot be stored as the job's output",
         );
-        await Promise.all(jobs.map((job) => this.failJob(job, error)));
+        this.failAll(run, error);
         return;
       }
-      await Promise.all(
-        jobs.map(async (job, i) => {
-          const accepted = await this.d.completer.complete(job.id, job.token, outputs[i] ?? null);
-          if (accepted)
-            this.d.events.emit('job:complete', {
+      const durationMs = Date.now() - startedAt;
+      let left = jobs.length;
+      for (let i = 0; i < jobs.length; i++) {
+        const job = jobs[i]!;
+        this.d.completer.completeThen(job.id, job.token, outputs[i] ?? null, (accepted) => {
+          if (!accepted)
+            events.emit('job:lease-lost', { id: job.id, queue: job.queue, attempt: job.attempt });
+          else if (events.has('job:complete'))
+            events.emit('job:complete', {
               id: job.id,
               queue: job.queue,
               attempt: job.attempt,
               durationMs,
             });
-          else
-            this.d.events.emit('job:lease-lost', {
-              id: job.id,
-              queue: job.queue,
-              attempt: job.attempt,
-            });
-        }),
-      );
+          if (--left === 0) this.forget(run);
+        });
+      }
       return;
     }
-    const error = outcome.ok ? (reason as Error) : outcome.error;
-    await Promise.all(jobs.map((job) => this.failJob(job, error)));
+    this.failAll(run, outcome.ok ? run.reason : outcome.error);
+  }
+
+  private failAll(run: Running, error: unknown): void {
+    Promise.all(run.jobs.map((job) => this.failJob(job, error)))
+      .catch((err) => this.d.events.emit('worker:error', { queue: this.queue, error: err }))
+      .finally(() => this.forget(run));
+  }
+
+  /** The run's outcome is written (or abandoned): drop its jobs from the lookup. */
+  private forget(run: Running): void {
+    for (const job of run.jobs) {
+      // Another attempt of the same job may have been claimed meanwhile: leave its entry.
+      if (this.byJobId.get(job.id) === run) this.byJobId.delete(job.id);
+    }
+  }
+
+  /** The handler settled (or was abandoned): free its slot; the outcome is written after. */
+  private settle(run: Running): void {
+    if (run.settled) return;
+    run.settled = true;
+    this.running.delete(run);
+    this.slotsInUse--;
+    if (this.running.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+    this.onSlotFree();
   }
 
   private async failJob(job: ClaimedJob, error: unknown): Promise<void> {
@@ -379,8 +462,9 @@ export class QueueWorker {
   }
 
   /**
-   * Stops fetching, lets running jobs finish until the deadline, then aborts the rest and
-   * returns their jobs (to be released without spending an attempt).
+   * Stops fetching, lets running handlers finish until the deadline, then aborts the rest and
+   * returns their jobs (to be released without spending an attempt). Outcomes already handed
+   * to the completer are written by it (Hark.stop drains it).
    */
   async stop(deadline: number): Promise<ClaimedJob[]> {
     this.stopping = true;
@@ -388,12 +472,11 @@ export class QueueWorker {
     clearTimeout(this.timer);
     clearTimeout(this.retryTimer);
     this.setPolling(false);
-    const all = () => Promise.all([...this.running].map((r) => r.done));
     const left = deadline - Date.now();
     if (this.running.size > 0 && left > 0) {
       let t: NodeJS.Timeout | undefined;
       await Promise.race([
-        all(),
+        new Promise<void>((r) => this.idleWaiters.push(r)),
         new Promise((r) => {
           t = setTimeout(r, left);
         }),
@@ -401,13 +484,13 @@ export class QueueWorker {
       clearTimeout(t);
     }
     const released: ClaimedJob[] = [];
-    for (const run of this.running) {
+    const abandoned = [...this.running];
+    for (const run of abandoned) {
       run.released = true;
       released.push(...run.jobs);
       for (const job of run.jobs) this.d.heartbeat.untrack(job.id, job.token);
-      run.controller.abort(new ShutdownError());
+      run.abort(new ShutdownError()); // settles the run at once (see invoke)
     }
-    await all();
     return released;
   }
 }
