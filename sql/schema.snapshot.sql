@@ -60,7 +60,7 @@ constraint migrations.migrations_pkey PRIMARY KEY (version)
 constraint queues.queues_name_check CHECK ((name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$'::text))
 constraint queues.queues_pkey PRIMARY KEY (name)
 constraint queues.queues_policy_check CHECK ((jsonb_typeof(policy) = 'object'::text))
-index CREATE INDEX jobs_claim_idx ON {{schema}}.jobs USING btree (queue, priority DESC, run_at, id) WHERE (state = ANY (ARRAY['available'::text, 'scheduled'::text, 'retry'::text]))
+index CREATE INDEX jobs_claim_idx ON {{schema}}.jobs USING btree (queue, ((- priority)), run_at, id) WHERE (state = ANY (ARRAY['available'::text, 'scheduled'::text, 'retry'::text]))
 index CREATE INDEX jobs_failed_idx ON {{schema}}.jobs USING btree (finished_at DESC, id DESC) WHERE (state = 'failed'::text)
 index CREATE INDEX jobs_keep_until_idx ON {{schema}}.jobs USING btree (keep_until) WHERE (state = ANY (ARRAY['completed'::text, 'failed'::text, 'cancelled'::text]))
 index CREATE INDEX jobs_lease_idx ON {{schema}}.jobs USING btree (lease_expires_at) WHERE (state = 'active'::text)
@@ -79,9 +79,12 @@ BEGIN
   PERFORM pg_notify('hark:{{schema}}', 'q|' || n.queue || '|' ||
     CASE WHEN n.first_run_at <= now() THEN '0'
          ELSE ceil(extract(epoch FROM n.first_run_at) * 1000)::bigint::text END
-    || '|' || n.lease_ms)
-  FROM (SELECT queue, min(run_at) AS first_run_at, min(lease_ms) AS lease_ms FROM new_jobs
-        WHERE state IN ('available', 'scheduled', 'retry') GROUP BY queue) n;
+    || '|' || n.lease_ms || '|' || n.top_priority || ':' ||
+    (extract(epoch FROM n.first_run_at) * 1000000)::bigint)
+  FROM (SELECT queue, min(run_at) AS first_run_at, min(lease_ms) AS lease_ms,
+               - max(priority) AS top_priority
+          FROM new_jobs
+         WHERE state IN ('available', 'scheduled', 'retry') GROUP BY queue) n;
   RETURN NULL;
 END;
 $function$

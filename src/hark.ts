@@ -353,7 +353,7 @@ export class Hark {
   private route(payload: string): void {
     const message = parseMessage(payload);
     if (message.kind === 'jobs') {
-      this.workers.get(message.queue)?.dueAt(message.dueAt);
+      this.workers.get(message.queue)?.dueAt(message.dueAt, message.from);
     } else if (message.kind === 'cancelled') {
       for (const w of this.workers.values()) if (w.abortJob(message.id)) break;
     } else if (message.kind === 'finished') {

@@ -52,7 +52,7 @@ describe('leader', () => {
     const hark = await ctx.hark();
     assert.ok(hark.isLeader);
     await hark.createQueue('l-dlq');
-    await hark.createQueue('l-rescue', { deadLetter: 'l-dlq', retentionMs: 0 });
+    await hark.createQueue('l-rescue', { deadLetter: 'l-dlq', retentionMs: 60_000 });
     const [again = '', exhausted = '', old = ''] = await hark.sendMany([
       { queue: 'l-rescue', payload: 'again', options: { retryLimit: 2 } },
       { queue: 'l-rescue', payload: 'exhausted', options: { retryLimit: 0 } },

@@ -353,3 +353,36 @@ describe('the hot path', () => {
     for (const g of gates.values()) g.resolve();
   });
 });
+
+describe('the claim cursor', () => {
+  test('jobs that appear before the cursor still run: a late commit, a higher priority, a delayed job', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-cursor');
+    const ran: string[] = [];
+    await hark.work('w-cursor', { concurrency: 4 }, async (job) => {
+      ran.push(job.payload as string);
+    });
+    // A transaction that started first (earlier run_at) but commits after later jobs ran.
+    const client = await ctx.pool.connect();
+    try {
+      await client.query('BEGIN');
+      await hark.send('w-cursor', 'late-commit', { executor: client });
+      await new Promise((r) => setTimeout(r, 20));
+      for (let i = 0; i < 20; i++) await hark.send('w-cursor', `plain-${i}`);
+      await waitFor('the plain jobs', () => ran.filter((p) => p.startsWith('plain')).length === 20);
+      await client.query('COMMIT');
+    } finally {
+      client.release();
+    }
+    await waitFor('the late commit', () => ran.includes('late-commit'));
+    // A higher priority sent after the cursor moved on, and a delayed high-priority job that
+    // the cursor passes while it waits.
+    await hark.send('w-cursor', 'delayed-high', { priority: 10, delayMs: 300 });
+    for (let i = 0; i < 10; i++) await hark.send('w-cursor', `more-${i}`);
+    await hark.send('w-cursor', 'high', { priority: 5 });
+    await waitFor('the high-priority job', () => ran.includes('high'));
+    await waitFor('the delayed job', () => ran.includes('delayed-high'));
+    await waitFor('everything', () => ran.length === 33);
+    assert.equal(new Set(ran).size, 33);
+  });
+});

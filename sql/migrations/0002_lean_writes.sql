@@ -8,3 +8,32 @@ DROP INDEX {{schema}}.jobs_queue_state_idx;
 
 CREATE INDEX jobs_failed_idx ON {{schema}}.jobs (finished_at DESC, id DESC)
   WHERE state = 'failed';
+
+-- Claims resume where the last one ended. While another session pins the xmin horizon, the
+-- index entries of claimed jobs cannot be removed, and a claim that starts at the front of the
+-- queue walks past every one of them: claims slow down with each job processed. A worker
+-- passes the key of the last job it claimed, (-priority, run_at, id), and the index starts
+-- there; the key is one ascending row, so the bound is a single index condition.
+DROP INDEX {{schema}}.jobs_claim_idx;
+
+CREATE INDEX jobs_claim_idx ON {{schema}}.jobs (queue, (- priority), run_at, id)
+  WHERE state IN ('available', 'scheduled', 'retry');
+
+-- Wake-ups carry the smallest claim key of the statement's jobs, '<-max priority>:<min run_at
+-- in epoch microseconds>', so a worker whose last claim ended past it starts there instead.
+-- Payload: 'q|<queue>|<earliest run_at, epoch ms, 0 when due>|<shortest lease ms>|<key>'.
+CREATE OR REPLACE FUNCTION {{schema}}.notify_jobs_inserted() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify({{channel}}, 'q|' || n.queue || '|' ||
+    CASE WHEN n.first_run_at <= now() THEN '0'
+         ELSE ceil(extract(epoch FROM n.first_run_at) * 1000)::bigint::text END
+    || '|' || n.lease_ms || '|' || n.top_priority || ':' ||
+    (extract(epoch FROM n.first_run_at) * 1000000)::bigint)
+  FROM (SELECT queue, min(run_at) AS first_run_at, min(lease_ms) AS lease_ms,
+               - max(priority) AS top_priority
+          FROM new_jobs
+         WHERE state IN ('available', 'scheduled', 'retry') GROUP BY queue) n;
+  RETURN NULL;
+END;
+$$;

@@ -13,7 +13,14 @@
  * - `s|<token>`: the listener's self-test echo (handled inside the listener).
  */
 export type Message =
-  | { kind: 'jobs'; queue: string; dueAt: number; leaseMs: number | null }
+  | {
+      kind: 'jobs';
+      queue: string;
+      dueAt: number;
+      leaseMs: number | null;
+      /** The smallest claim key of the announced jobs (inserts only); null: unknown. */
+      from: ClaimStart | null;
+    }
   | { kind: 'finished'; id: string }
   | { kind: 'cancelled'; id: string }
   | { kind: 'pass'; nextPassAt: number | null }
@@ -21,17 +28,30 @@ export type Message =
   | { kind: 'claimed'; leaseMs: number }
   | { kind: 'unknown'; payload: string };
 
+/** Where a claim may start: jobs with a claim key (-priority, run_at µs, id) above it. */
+export interface ClaimStart {
+  negPriority: number;
+  runAtUs: number;
+}
+
 export function parseMessage(payload: string): Message {
-  const [tag, a = '', b = '', c = ''] = payload.split('|');
+  const [tag, a = '', b = '', c = '', d = ''] = payload.split('|');
   switch (tag) {
     case 'q': {
       const due = Number(b);
       const lease = c === '' ? null : Number(c);
+      const [p = '', r = ''] = d.split(':');
+      const negPriority = Number(p);
+      const runAtUs = Number(r);
       return {
         kind: 'jobs',
         queue: a,
         dueAt: Number.isFinite(due) ? due : 0,
         leaseMs: lease !== null && Number.isFinite(lease) ? lease : null,
+        from:
+          d !== '' && Number.isSafeInteger(negPriority) && Number.isSafeInteger(runAtUs)
+            ? { negPriority, runAtUs }
+            : null,
       };
     }
     case 'd':

@@ -42,6 +42,8 @@ export interface ClaimedJob {
   priority: number;
   /** Epoch milliseconds. */
   runAtMs: number;
+  /** Epoch microseconds, exact: the claim key's middle part. */
+  runAtUs: number;
   createdAtMs: number;
   singletonKey: string | null;
   timeoutMs: number | null;
@@ -63,7 +65,8 @@ export function claimedFromRaw(r: (string | null)[], token: string): ClaimedJob 
     attempt: +(r[3] as string),
     maxAttempts: +(r[4] as string),
     priority: +(r[5] as string),
-    runAtMs: Math.round(+(r[6] as string)),
+    runAtMs: Math.floor(+(r[6] as string) / 1000),
+    runAtUs: +(r[6] as string),
     createdAtMs: Math.round(+(r[7] as string)),
     singletonKey: r[8] ?? null,
     timeoutMs: timeout === null || timeout === undefined ? null : +timeout,

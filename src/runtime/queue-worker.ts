@@ -11,6 +11,7 @@ import type { Database } from '../db/database.js';
 import { unstorableInJsonb } from '../db/json-text.js';
 import { JobTimeoutError, LeaseLostError, NonRetryableError, ShutdownError } from '../errors.js';
 import type { HarkEventEmitter } from '../events.js';
+import type { ClaimStart } from '../listener/messages.js';
 import type { Queries } from '../sql/queries.js';
 import type { Completer } from './completer.js';
 import type { Heartbeat } from './heartbeat.js';
@@ -26,6 +27,23 @@ import {
 } from './job-context.js';
 
 const MAX_TIMER_MS = 2_147_483_647;
+/** Claims of one queue worker in flight at once. */
+const MAX_CLAIMS = 2;
+/** A claim from the front of the queue at least this often, whatever the cursor says. */
+const FULL_CLAIM_EVERY_MS = 30_000;
+
+/** A claim key: jobs are claimed in ascending (-priority, run_at, id). */
+interface ClaimKey {
+  negPriority: number;
+  runAtUs: number;
+  id: number;
+}
+
+function keyBefore(a: ClaimKey, b: ClaimKey): boolean {
+  if (a.negPriority !== b.negPriority) return a.negPriority < b.negPriority;
+  if (a.runAtUs !== b.runAtUs) return a.runAtUs < b.runAtUs;
+  return a.id < b.id;
+}
 
 export interface QueueWorkerOptions {
   queue: string;
@@ -84,9 +102,22 @@ class Running implements SignalSource {
 export class QueueWorker {
   readonly queue: string;
   private slotsInUse = 0;
-  private fetching = false;
-  private wakeAgain = false;
-  private fetchWhenFree = false;
+  /** Claims in flight, and the slots they may fill. */
+  private readonly claims = new Set<Promise<void>>();
+  private reserved = 0;
+  /** Woken (new work may be due) since the last claim began. */
+  private dirty = false;
+  /** The last claim came back full: more is probably waiting. */
+  private more = false;
+  /**
+   * The next claim starts after this key (null: at the front): the largest key claimed so far,
+   * moved back whenever jobs may have appeared before it (see resetCursor). Under a pinned xmin
+   * horizon this keeps claims from walking the dead index entries of every job claimed before.
+   */
+  private cursor: ClaimKey | null = null;
+  /** Counts resets, so a claim in flight during one does not move the cursor past it. */
+  private cursorEpoch = 0;
+  private lastFullClaim = 0;
   private stopping = false;
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Number.POSITIVE_INFINITY;
@@ -117,23 +148,37 @@ export class QueueWorker {
   /** Something may be due now: fetch (coalesced with a fetch in progress). */
   wake(): void {
     if (this.stopping) return;
-    if (this.fetching) {
-      this.wakeAgain = true;
-      return;
-    }
-    void this.fetchLoop();
+    this.dirty = true;
+    this.pump();
   }
 
   /** Fetch after missing notifications (a reconnect): the claim must be announced. */
   catchUp(): void {
     this.unannounced = true;
+    this.resetCursor(null);
     this.wake();
   }
 
-  /** A job becomes due at `atMs` (epoch ms); 0 or past means now. */
-  dueAt(atMs: number): void {
+  /**
+   * Jobs become due at `atMs` (epoch ms; 0 or past means now). `from` is their smallest claim
+   * key, when the announcement carries it; otherwise they may sit anywhere in the queue.
+   */
+  dueAt(atMs: number, from: ClaimStart | null = null): void {
+    this.resetCursor(from);
     if (atMs <= Date.now()) this.wake();
     else this.armTimer(atMs);
+  }
+
+  /** Jobs may wait before the cursor: start the next claim at `from` (null: the front). */
+  private resetCursor(from: ClaimStart | null): void {
+    this.cursorEpoch++;
+    if (this.cursor === null) return;
+    if (from === null) {
+      this.cursor = null;
+      return;
+    }
+    const key = { negPriority: from.negPriority, runAtUs: from.runAtUs, id: 0 };
+    if (keyBefore(key, this.cursor)) this.cursor = key;
   }
 
   /** While the listener cannot be trusted, poll; stop as soon as it can. */
@@ -141,6 +186,7 @@ export class QueueWorker {
     if (on && !this.pollTimer && !this.stopping) {
       this.unannounced = true;
       this.pollTimer = setInterval(() => {
+        this.resetCursor(null);
         this.wake();
         void this.refreshTimer();
       }, this.o.fallbackPollMs);
@@ -170,6 +216,8 @@ export class QueueWorker {
           this.armTimer(atMs); // a far-future time wraps the 24.8-day setTimeout limit
           return;
         }
+        // Scheduled jobs and retries coming due may sit before the cursor.
+        this.resetCursor(null);
         this.wake();
         void this.refreshTimer();
       },
@@ -198,75 +246,113 @@ export class QueueWorker {
     if (row.at !== null) this.armTimer(row.at);
   }
 
-  private async fetchLoop(): Promise<void> {
-    this.fetching = true;
-    try {
-      for (;;) {
-        this.wakeAgain = false;
-        const free = this.o.concurrency - this.slotsInUse;
-        // Busy: fetch once enough slots are free (a job that arrives now waits for them).
-        if (free <= 0 || (this.slotsInUse > 0 && free < this.o.minFetch) || this.stopping) {
-          this.fetchWhenFree = !this.stopping;
-          return;
-        }
-        if (this.d.db.breaker.isOpen) {
-          // The database is down: no statements until the breaker's probe gets an answer.
-          this.cancelBreakerWait?.();
-          this.cancelBreakerWait = this.d.db.breaker.whenClosed(() => this.wake());
-          return;
-        }
-        const limit = free * this.o.batchSize;
-        const token = randomUUID();
-        let rows: ClaimedJob[];
-        try {
-          const raw = await this.d.db.queryRaw('claim', this.d.q.claim, [
-            this.queue,
-            limit,
-            token,
-            this.d.workerId,
-          ]);
-          rows = new Array(raw.length);
-          for (let i = 0; i < raw.length; i++) rows[i] = claimedFromRaw(raw[i]!, token);
-          this.errorStreak = 0;
-        } catch (err) {
-          this.errorStreak++;
-          this.d.events.emit('worker:error', { queue: this.queue, error: err as Error });
-          const delay = Math.min(30_000, 100 * 2 ** Math.min(this.errorStreak, 10));
-          clearTimeout(this.retryTimer);
-          this.retryTimer = setTimeout(() => this.wake(), delay);
-          return;
-        }
-        if (this.unannounced && rows.length > 0) {
-          // The leader learns of claims from the notifications that cause them; this one had
-          // none (start-up catch-up or polling), so tell it, or nobody would plan a rescue.
-          this.unannounced = this.pollTimer !== undefined;
-          let lease = Number.POSITIVE_INFINITY;
-          for (const r of rows) lease = Math.min(lease, r.leaseMs);
-          this.d.announceClaim(lease);
-        }
-        this.dispatch(rows);
-        const full = rows.length === limit;
-        // Full: more may be waiting, fetch again as slots free. Short: drained, sleep.
-        this.fetchWhenFree = full;
-        if (!this.wakeAgain && !full) return;
+  /**
+   * Starts claims while there is reason to (a wake, or a full last claim) and room for them.
+   * Up to two claims run at once, each for at most half the slots: the database claims the
+   * next batch while this process runs the last one.
+   */
+  private pump(): void {
+    while (!this.stopping && this.claims.size < MAX_CLAIMS && (this.dirty || this.more)) {
+      const busy = this.slotsInUse + this.reserved;
+      const free = this.o.concurrency - busy;
+      // Busy: claim once enough slots are free (work that arrives now waits for them; a slot
+      // that frees pumps again).
+      if (free <= 0 || (busy > 0 && free < this.o.minFetch)) return;
+      if (this.d.db.breaker.isOpen) {
+        // The database is down: no statements until the breaker's probe gets an answer.
+        this.cancelBreakerWait?.();
+        this.cancelBreakerWait = this.d.db.breaker.whenClosed(() => this.wake());
+        return;
       }
-    } finally {
-      this.fetching = false;
+      const slots = Math.min(free, this.fetchMax);
+      this.dirty = false;
+      this.more = false;
+      this.reserved += slots;
+      const claim = this.claim(slots).finally(() => {
+        this.claims.delete(claim);
+        this.pump();
+      });
+      this.claims.add(claim);
     }
   }
 
+  private get fetchMax(): number {
+    return this.o.concurrency < 2 ? this.o.concurrency : Math.ceil(this.o.concurrency / 2);
+  }
+
+  private async claim(slots: number): Promise<void> {
+    const limit = slots * this.o.batchSize;
+    const token = randomUUID();
+    const now = Date.now();
+    if (now - this.lastFullClaim >= FULL_CLAIM_EVERY_MS) {
+      this.cursor = null;
+      this.lastFullClaim = now;
+    }
+    const start = this.cursor;
+    const epoch = this.cursorEpoch;
+    let rows: ClaimedJob[];
+    try {
+      const raw = await this.d.db.queryRaw('claim', this.d.q.claim, [
+        this.queue,
+        limit,
+        token,
+        this.d.workerId,
+        start?.negPriority ?? -2_147_483_648,
+        start?.runAtUs ?? 0,
+        start?.id ?? 0,
+      ]);
+      rows = new Array(raw.length);
+      for (let i = 0; i < raw.length; i++) rows[i] = claimedFromRaw(raw[i]!, token);
+      this.errorStreak = 0;
+    } catch (err) {
+      this.reserved -= slots;
+      this.errorStreak++;
+      this.d.events.emit('worker:error', { queue: this.queue, error: err as Error });
+      const delay = Math.min(30_000, 100 * 2 ** Math.min(this.errorStreak, 10));
+      clearTimeout(this.retryTimer);
+      this.retryTimer = setTimeout(() => this.wake(), delay);
+      return;
+    }
+    this.reserved -= slots;
+    if (rows.length > 0 && epoch === this.cursorEpoch) this.advanceCursor(rows);
+    if (this.unannounced && rows.length > 0) {
+      // The leader learns of claims from the notifications that cause them; this one had
+      // none (start-up catch-up or polling), so tell it, or nobody would plan a rescue.
+      this.unannounced = this.pollTimer !== undefined;
+      let lease = Number.POSITIVE_INFINITY;
+      for (const r of rows) lease = Math.min(lease, r.leaseMs);
+      this.d.announceClaim(lease);
+    }
+    // Full: more may be waiting, claim again as slots free. Short: drained, sleep until woken.
+    if (rows.length === limit) this.more = true;
+    this.dispatch(rows);
+  }
+
+  /** Moves the cursor to the largest key claimed (rows come back in no particular order). */
+  private advanceCursor(rows: ClaimedJob[]): void {
+    let max = this.cursor;
+    for (const r of rows) {
+      const id = Number(r.id);
+      if (!Number.isSafeInteger(id)) {
+        this.cursor = null; // ids beyond 2^53: claim from the front
+        return;
+      }
+      const key = { negPriority: -r.priority, runAtUs: r.runAtUs, id };
+      if (max === null || keyBefore(max, key)) max = key;
+    }
+    this.cursor = max;
+  }
+
   /**
-   * A slot freed. Fetch once per turn of the event loop, so the slots that free together (a
-   * batch of short jobs) share one claim, and only once enough are free while others still run.
+   * A slot freed. Pump once per turn of the event loop, so the slots that free together (a
+   * batch of short jobs) share one claim.
    */
   private onSlotFree(): void {
-    if (!this.fetchWhenFree || this.stopping || this.refillQueued) return;
-    const free = this.o.concurrency - this.slotsInUse;
-    if (this.slotsInUse > 0 && free < this.o.minFetch) return;
+    if (!(this.dirty || this.more) || this.stopping || this.refillQueued) return;
     this.refillQueued = true;
     setImmediate(() => {
       this.refillQueued = false;
-      if (this.fetchWhenFree && !this.stopping) this.wake();
+      this.pump();
     });
   }
 
@@ -472,6 +558,8 @@ export class QueueWorker {
     clearTimeout(this.timer);
     clearTimeout(this.retryTimer);
     this.setPolling(false);
+    // Claims in flight hand their jobs to handlers first; those count as running below.
+    await Promise.all([...this.claims]);
     const left = deadline - Date.now();
     if (this.running.size > 0 && left > 0) {
       let t: NodeJS.Timeout | undefined;

@@ -42,7 +42,7 @@ export function buildQueries(schema: string) {
    * (claimedFromRaw in runtime/job-context.ts), which costs far less than generic parsing.
    */
   const claimReturning = `j.id::text, j.queue, j.payload::text, j.attempt, j.max_attempts,
-      j.priority, (extract(epoch FROM j.run_at) * 1000)::float8,
+      j.priority, (extract(epoch FROM j.run_at) * 1000000)::bigint,
       (extract(epoch FROM j.created_at) * 1000)::float8, j.singleton_key, j.timeout_ms,
       j.lease_ms, j.retry_delay_ms, j.retry_backoff, j.retry_delay_max_ms, j.dead_letter`;
 
@@ -100,25 +100,28 @@ export function buildQueries(schema: string) {
        WHERE j.state IN ('scheduled', 'available', 'retry', 'active')`,
 
     /**
-     * $1 queue, $2 limit, $3 lease token, $4 worker id.
+     * $1 queue, $2 limit, $3 lease token, $4 worker id, $5..$7 the key to start after:
+     * (-priority, run_at in epoch microseconds, id); pass the smallest key for a full claim.
      * Claims up to $2 due jobs in one statement. SKIP LOCKED lets concurrent workers take
-     * disjoint rows; ordering follows jobs_claim_idx (queue, priority DESC, run_at, id). One
-     * token per claim: (id, token) is unique per attempt, which is all fencing needs, and it
-     * lets completions be batched.
+     * disjoint rows; ordering follows jobs_claim_idx (queue, -priority, run_at, id), and the
+     * start key bounds the index scan, so jobs claimed before it (whose dead index entries a
+     * pinned xmin horizon keeps) are not walked again. One token per claim: (id, token) is
+     * unique per attempt, which is all fencing needs, and it lets completions be batched.
      */
     claim: `
-      WITH next AS (
-        SELECT id FROM ${jobs}
-         WHERE queue = $1 AND state IN ${WAITING} AND run_at <= now()
-         ORDER BY priority DESC, run_at, id
-         LIMIT $2
-         FOR UPDATE SKIP LOCKED
-      )
       UPDATE ${jobs} j
          SET state = 'active', attempt = j.attempt + 1, lease_token = $3::uuid,
              lease_expires_at = now() + j.lease_ms * interval '1 millisecond',
              started_at = now(), worker_id = $4
-        FROM next WHERE j.id = next.id
+       WHERE j.id = ANY (ARRAY (
+               SELECT id FROM ${jobs}
+                WHERE queue = $1 AND state IN ${WAITING} AND run_at <= now()
+                  AND (- priority, run_at, id) >
+                      ($5::int, 'epoch'::timestamptz + $6::bigint * interval '1 microsecond',
+                       $7::bigint)
+                ORDER BY - priority, run_at, id
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED))
       RETURNING ${claimReturning}`,
 
     /**
@@ -136,7 +139,8 @@ export function buildQueries(schema: string) {
        GROUP BY queue`,
 
     /**
-     * $1 ids, $2 tokens, $3 outputs (json text or null). Token-guarded batch completion: a
+     * $1 ids, $2 tokens, $3 outputs (json text or null). Token-guarded batch completion (the
+     * `id = ANY ($1)` gives the planner the primary key and the row count, stats or none): a
      * worker that lost its lease completes nothing. Returns the ids that completed. A job kept
      * for 0 ms that nobody waits for is deleted at once: one write instead of an update now and
      * a delete by retention later.
@@ -147,7 +151,8 @@ export function buildQueries(schema: string) {
       ),
       gone AS (
         DELETE FROM ${jobs} j USING i
-         WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'active'
+         WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
+           AND j.state = 'active'
            AND j.retention_ms = 0 AND NOT j.notify_finish
         RETURNING j.id, i.token
       ),
@@ -157,7 +162,8 @@ export function buildQueries(schema: string) {
                keep_until = now() + j.retention_ms * interval '1 millisecond',
                lease_token = NULL, lease_expires_at = NULL
           FROM i
-         WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'active'
+         WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
+           AND j.state = 'active'
            AND (j.retention_ms > 0 OR j.notify_finish)
         RETURNING j.id, i.token, j.notify_finish
       )
@@ -184,7 +190,8 @@ export function buildQueries(schema: string) {
                lease_token = NULL, lease_expires_at = NULL
           FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[])
                AS i(id, token, error, retry_ms)
-         WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'active'
+         WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
+           AND j.state = 'active'
         RETURNING j.id, i.token, j.queue, j.state, j.run_at, j.payload, j.priority,
                   j.dead_letter, j.notify_finish, j.lease_ms
       ),
@@ -209,7 +216,8 @@ export function buildQueries(schema: string) {
            SET state = 'available', attempt = j.attempt - 1, lease_token = NULL,
                lease_expires_at = NULL, started_at = NULL, worker_id = NULL
           FROM unnest($1::bigint[], $2::uuid[]) AS i(id, token)
-         WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'active'
+         WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
+           AND j.state = 'active'
         RETURNING j.id, j.queue, j.lease_ms
       ),
       woken AS (
@@ -226,7 +234,8 @@ export function buildQueries(schema: string) {
       UPDATE ${jobs} j
          SET lease_expires_at = now() + j.lease_ms * interval '1 millisecond'
         FROM unnest($1::bigint[], $2::uuid[]) AS i(id, token)
-       WHERE j.id = i.id AND j.lease_token = i.token AND j.state = 'active'
+       WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
+         AND j.state = 'active'
       RETURNING j.id::text AS id, i.token::text AS token`,
 
     /**
