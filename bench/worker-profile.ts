@@ -19,6 +19,8 @@ const arg = (name: string, def: number) => {
 const JOBS = arg('jobs', 50_000);
 const CONCURRENCY = arg('concurrency', 0);
 const RUNS = arg('runs', 3);
+/** --pin: another session holds a snapshot (pins the xmin horizon) while the worker drains. */
+const PIN = process.argv.includes('--pin');
 
 const db = await openBenchDatabase();
 {
@@ -40,15 +42,31 @@ try {
       await producer.sendMany(Array.from({ length: n }, (_, k) => ({ queue: 'p', payload: { n: i + k } })));
     }
     await producer.stop();
+    let pin: pg.Client | undefined;
+    if (PIN) {
+      pin = new pg.Client({ connectionString: db.url });
+      await pin.connect();
+      await pin.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
+      await pin.query('SELECT txid_current()');
+    }
     const hark = new Hark({ connectionString: db.url, schema });
     await hark.start();
+    const marks: string[] = [];
+    const markEvery = Math.max(1, Math.floor(JOBS / 5));
+    let lastMark = 0;
     let done = 0;
     let first = 0;
     let cpu0 = process.cpuUsage();
     const s0 = hark.statements.total;
     const finished = new Promise<number>((resolve) => {
       hark.events.on('job:complete', () => {
-        if (++done === JOBS) resolve(performance.now());
+        ++done;
+        if (done % markEvery === 0) {
+          const now = performance.now();
+          if (lastMark > 0) marks.push(`${Math.round((markEvery / (now - lastMark)) * 1000)}`);
+          lastMark = now;
+        }
+        if (done === JOBS) resolve(performance.now());
       });
     });
     await hark.work('p', CONCURRENCY > 0 ? { concurrency: CONCURRENCY } : {}, async (_job) => {
@@ -62,6 +80,8 @@ try {
     const statements = hark.statements.total - s0;
     const byPurpose = hark.statements.byPurpose;
     await hark.stop();
+    if (pin) await pin.end();
+    if (marks.length > 0) console.log(`jobs/s per fifth of the run: ${marks.join(', ')}`);
     const cleanup = new Hark({ connectionString: db.url, schema, migrate: 'off' });
     await cleanup.start();
     await cleanup.stop();

@@ -139,8 +139,12 @@ export function buildQueries(schema: string) {
        GROUP BY queue`,
 
     /**
-     * $1 ids, $2 tokens, $3 outputs (json text or null). Token-guarded batch completion (the
-     * `id = ANY ($1)` gives the planner the primary key and the row count, stats or none): a
+     * $1 ids, $2 tokens, $3 outputs (json text or null). Token-guarded batch completion (a
+     * token is set exactly while a job is active, a CHECK constraint says so, so no state test:
+     * with one, a planner without statistics joins every active job with every id; with
+     * `id = ANY ($1)` alone it takes the primary key and knows the row count; and `<= 0`, not
+     * `= 0`, because it guesses an equality matches almost nothing and then loops over every
+     * pair of rows): a
      * worker that lost its lease completes nothing. Returns the ids that completed. A job kept
      * for 0 ms that nobody waits for is deleted at once: one write instead of an update now and
      * a delete by retention later.
@@ -152,8 +156,7 @@ export function buildQueries(schema: string) {
       gone AS (
         DELETE FROM ${jobs} j USING i
          WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-           AND j.state = 'active'
-           AND j.retention_ms = 0 AND NOT j.notify_finish
+           AND j.retention_ms <= 0 AND NOT j.notify_finish
         RETURNING j.id, i.token
       ),
       kept AS (
@@ -163,7 +166,6 @@ export function buildQueries(schema: string) {
                lease_token = NULL, lease_expires_at = NULL
           FROM i
          WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-           AND j.state = 'active'
            AND (j.retention_ms > 0 OR j.notify_finish)
         RETURNING j.id, i.token, j.notify_finish
       )
@@ -191,7 +193,6 @@ export function buildQueries(schema: string) {
           FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::bigint[])
                AS i(id, token, error, retry_ms)
          WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-           AND j.state = 'active'
         RETURNING j.id, i.token, j.queue, j.state, j.run_at, j.payload, j.priority,
                   j.dead_letter, j.notify_finish, j.lease_ms
       ),
@@ -217,7 +218,6 @@ export function buildQueries(schema: string) {
                lease_expires_at = NULL, started_at = NULL, worker_id = NULL
           FROM unnest($1::bigint[], $2::uuid[]) AS i(id, token)
          WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-           AND j.state = 'active'
         RETURNING j.id, j.queue, j.lease_ms
       ),
       woken AS (
@@ -235,7 +235,6 @@ export function buildQueries(schema: string) {
          SET lease_expires_at = now() + j.lease_ms * interval '1 millisecond'
         FROM unnest($1::bigint[], $2::uuid[]) AS i(id, token)
        WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-         AND j.state = 'active'
       RETURNING j.id::text AS id, i.token::text AS token`,
 
     /**
