@@ -38,6 +38,26 @@ describe('idle budget', () => {
     assert.deepEqual(after, before, 'statements issued while idle');
   });
 
+  test('a follower that joins an idle cluster stays silent (no watchdog lock attempts)', async () => {
+    const schema = `${ctx.schema}_join`;
+    try {
+      const leader = await ctx.hark({ workerId: 'join-1', leaseMs: 1_000, schema });
+      await leader.createQueue('i-join');
+      await leader.work('i-join', {}, async () => 'ok');
+      const follower = await ctx.hark({ workerId: 'join-2', leaseMs: 1_000, schema });
+      await follower.work('i-join', {}, async () => 'ok');
+      assert.equal(follower.isLeader, false);
+      // Nothing is active: the follower arms no watchdog, so a lease (1 s) plus its grace
+      // (2.5 s) and more pass without a statement from either.
+      assert.equal(follower.leader.nextCheckAt, null);
+      const before = [leader.statements.total, follower.statements.total];
+      await new Promise((r) => setTimeout(r, 4_000));
+      assert.deepEqual([leader.statements.total, follower.statements.total], before);
+    } finally {
+      await ctx.pool.query(`DROP SCHEMA IF EXISTS "${ctx.schema}_join" CASCADE`);
+    }
+  });
+
   test('a job sent to an idle worker starts at once, woken by its notification', async (t) => {
     const producer = await ctx.hark({ workerId: 'producer' });
     const worker = await ctx.hark({ workerId: 'worker' });

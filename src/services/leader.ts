@@ -90,11 +90,21 @@ export class LeaderService {
     this.leader = false;
     if (this.stopped || this.o.eligible === false) return;
     if (await this.tryAcquire()) return;
-    // A follower that just joined has heard no announcement yet: the leader may own work whose
-    // rescue it planned before we listened. Expect its pass within a lease; the watchdog then
-    // follows its announcements, or gives up after a few tries if it stays silent (idle).
+    // A follower that just joined has heard no announcement yet: the leader may own active
+    // jobs whose rescue it planned before we listened. If any job is active, expect the
+    // leader's pass by its lease; the watchdog then follows the leader's announcements. With
+    // nothing active, nothing can need a rescue, and an idle cluster stays silent.
     this.failedTries = 0;
-    this.arm(Date.now() + this.o.leaseMs + this.grace + this.followerGrace);
+    try {
+      this.o.db.counter.add('leader');
+      const r = await client.query<{ at: number | null }>(this.o.q.earliestLease);
+      const at = r.rows[0]?.at ?? null;
+      if (at !== null && this.client === client) this.arm(at + this.grace + this.followerGrace);
+    } catch (err) {
+      // Not knowing, watch: a needless lock attempt is cheaper than a missed rescue.
+      this.o.events.emit('error', { error: err as Error, context: 'leader watchdog' });
+      this.arm(Date.now() + this.o.leaseMs + this.grace + this.followerGrace);
+    }
   }
 
   /** The listener's session ended: the lock went with it. */

@@ -320,6 +320,14 @@ export function buildQueries(schema: string) {
     /** $1 advisory key. Leader election, on the listener's session; held until it ends. */
     tryLeaderLock: `SELECT pg_try_advisory_lock($1::bigint) AS acquired`,
 
+    /**
+     * A follower that just joined: when the earliest lease of an active job expires (epoch
+     * ms), or null when no job is active and so nothing could need a rescue.
+     */
+    earliestLease: `
+      SELECT (extract(epoch FROM min(lease_expires_at)) * 1000)::float8 AS at
+        FROM ${jobs} WHERE state = 'active'`,
+
     /** $1 advisory key, $2 payload. Resign: free the lock and tell followers at once. */
     leaderResign: `SELECT pg_advisory_unlock($1::bigint) AS released, pg_notify(${channel}, $2)`,
 
