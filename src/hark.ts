@@ -87,6 +87,7 @@ export class Hark {
     this.db = new Database({
       connectionString: o.connectionString,
       poolMax: o.poolMax,
+      relaxedPoolMax: o.claimCommit === 'async' ? 2 : 0,
       applicationName: `hark:${o.workerId}`.slice(0, 63),
       onIdleError: (error) =>
         this.events.emit('error', { error, context: 'idle pooled connection' }),

@@ -43,6 +43,15 @@ export interface HarkOptions {
   shutdownTimeoutMs?: number;
   /** Whether this process may become the cluster's leader. @default true */
   leaderEligible?: boolean;
+  /**
+   * How a claim commits. `async`: on two connections of their own with
+   * `synchronous_commit=off`, so a claim does not wait for its WAL flush (a claim lost in a
+   * server crash leaves its jobs waiting, to be claimed again: at-least-once, as always).
+   * `sync`: on the pool like every other statement. Sends, completions and failures are
+   * always durable. @default 'async', or 'sync' when `listenConnectionString` is set (a
+   * transaction pooler refuses the startup option)
+   */
+  claimCommit?: 'async' | 'sync';
 }
 
 const spec: Spec = {
@@ -57,6 +66,7 @@ const spec: Spec = {
   maxPayloadBytes: { kind: 'integer', min: 16, max: 256 * 1_048_576 },
   shutdownTimeoutMs: { kind: 'integer', min: 0, max: 86_400_000 },
   leaderEligible: { kind: 'boolean' },
+  claimCommit: { kind: 'enum', values: ['async', 'sync'] },
 };
 
 export type ResolvedHarkOptions = Required<Omit<HarkOptions, 'listenConnectionString'>> & {
@@ -91,5 +101,6 @@ export function resolveHarkOptions(options: HarkOptions | undefined): ResolvedHa
     maxPayloadBytes: o.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES,
     shutdownTimeoutMs: o.shutdownTimeoutMs ?? DEFAULT_SHUTDOWN_TIMEOUT_MS,
     leaderEligible: o.leaderEligible ?? true,
+    claimCommit: o.claimCommit ?? (o.listenConnectionString === undefined ? 'async' : 'sync'),
   };
 }

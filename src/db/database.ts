@@ -17,10 +17,19 @@ export interface DatabaseOptions {
   onIdleError: (err: Error) => void;
   /** Called when the circuit breaker changes state. */
   onBreakerChange?: (state: BreakerState, error: Error | null) => void;
+  /**
+   * Connections for claims that commit without waiting for the WAL flush
+   * (`synchronous_commit=off`, set as a startup parameter, so no extra statement); 0 runs
+   * claims on the main pool. A claim lost in a server crash puts its jobs back to waiting,
+   * which at-least-once allows. Needs a direct session: poolers refuse startup options.
+   */
+  relaxedPoolMax?: number;
 }
 
 export class Database {
   readonly pool: pg.Pool;
+  /** See DatabaseOptions.relaxedPoolMax; the main pool when there is none. */
+  private relaxed: pg.Pool;
   readonly counter = new StatementCounter();
   /** Opens after repeated connection failures of pooled statements; see circuit-breaker.ts. */
   readonly breaker: CircuitBreaker;
@@ -34,6 +43,19 @@ export class Database {
       idleTimeoutMillis: 30_000,
     });
     this.pool.on('error', (err) => options.onIdleError(err));
+    if (options.relaxedPoolMax) {
+      this.relaxed = new pg.Pool({
+        connectionString: options.connectionString,
+        max: options.relaxedPoolMax,
+        application_name: options.applicationName,
+        keepAlive: true,
+        idleTimeoutMillis: 30_000,
+        options: '-c synchronous_commit=off',
+      });
+      this.relaxed.on('error', (err) => options.onIdleError(err));
+    } else {
+      this.relaxed = this.pool;
+    }
     this.breaker = new CircuitBreaker({
       probe: async () => {
         this.counter.add('probe');
@@ -70,10 +92,12 @@ export class Database {
     purpose: StatementPurpose,
     text: string,
     values: unknown[],
+    relaxed = false,
   ): Promise<(string | null)[][]> {
     this.counter.add(purpose);
+    const pool = relaxed ? this.relaxed : this.pool;
     try {
-      const result = await this.pool.query<(string | null)[]>({
+      const result = await pool.query<(string | null)[]>({
         text,
         values,
         rowMode: 'array',
@@ -82,6 +106,12 @@ export class Database {
       this.breaker.success();
       return result.rows;
     } catch (err) {
+      if (pool !== this.pool && refusesStartupOptions(err)) {
+        // A pooler in front (PgBouncer refuses startup options): claim on the main pool.
+        this.relaxed = this.pool;
+        void pool.end().catch(() => {});
+        return this.queryRaw(purpose, text, values, relaxed);
+      }
       this.breaker.failure(err);
       throw err;
     }
@@ -98,9 +128,15 @@ export class Database {
 
   async end(): Promise<void> {
     this.breaker.stop();
+    if (this.relaxed !== this.pool) await this.relaxed.end().catch(() => {});
     await this.pool.end();
   }
 }
 
 /** Leaves every value as the server sent it (text). */
 const RAW_TEXT = { getTypeParser: () => (value: string) => value };
+
+/** PgBouncer's answer to a startup option it does not pass on. */
+function refusesStartupOptions(err: unknown): boolean {
+  return /unsupported startup parameter/i.test(String((err as Error)?.message ?? ''));
+}

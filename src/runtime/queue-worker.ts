@@ -300,7 +300,7 @@ export class QueueWorker {
         start?.negPriority ?? -2_147_483_648,
         start?.runAtUs ?? 0,
         start?.id ?? 0,
-      ]);
+      ], true);
       rows = new Array(raw.length);
       for (let i = 0; i < raw.length; i++) rows[i] = claimedFromRaw(raw[i]!, token);
       this.errorStreak = 0;
