@@ -230,7 +230,10 @@ export class Hark {
     options: Omit<SendOptions, 'executor'> & { waitTimeoutMs?: number } = {},
   ): Promise<O> {
     const { waitTimeoutMs, ...send } = options;
-    const id = await this.send(queue, payload, send);
+    this.assertRunning('sendAndWait');
+    // Marked as waited for at insert: a fast worker cannot finish (and, with retention 0,
+    // delete) it before the wait begins.
+    const id = await this.producer.send(queue, payload, send, true);
     return this.waitForJob<O>(id, waitTimeoutMs === undefined ? {} : { timeoutMs: waitTimeoutMs });
   }
 

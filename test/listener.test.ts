@@ -44,7 +44,8 @@ async function listenerPids(workerId: string): Promise<number[]> {
       WHERE application_name = $1 AND backend_type = 'client backend'
         AND (query LIKE 'LISTEN %' OR query = 'SELECT pg_notify($1, $2)'
              OR query LIKE 'SELECT pg_try_advisory_lock(%'
-             OR query LIKE 'SELECT pg_advisory_unlock(%' OR query LIKE '%WITH expired AS%')`,
+             OR query LIKE 'SELECT pg_advisory_unlock(%' OR query LIKE '%WITH expired AS%'
+             OR query LIKE '%min(lease_expires_at)%')`,
     [`hark:${workerId}`],
   );
   return r.rows.map((row) => row.pid);

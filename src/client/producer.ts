@@ -41,6 +41,8 @@ export interface InsertRow {
   deadLetter: string | null;
   retentionMs: number;
   failedRetentionMs: number;
+  /** Someone will wait for the result (sendAndWait): announce the end, keep it to be read. */
+  notifyFinish: boolean;
 }
 
 /** Sends waiting to share one insert statement. */
@@ -69,9 +71,21 @@ export class Producer {
   ) {}
 
   /** Sends one job; returns its id (for a taken singleton key, the id of the holder). */
-  async send(queue: string, payload: unknown, options?: SendOptions): Promise<string> {
+  async send(
+    queue: string,
+    payload: unknown,
+    options?: SendOptions,
+    /** sendAndWait: the job is marked as waited for from its first moment. */
+    waited = false,
+  ): Promise<string> {
     const { executor, ...rest } = validateSendOptions(`send(${JSON.stringify(queue)})`, options);
-    const ids = await this.sendRows([{ queue, payload, options: rest }], executor, 'send', true);
+    const ids = await this.sendRows(
+      [{ queue, payload, options: rest }],
+      executor,
+      'send',
+      true,
+      waited,
+    );
     return ids[0]!;
   }
 
@@ -93,6 +107,7 @@ export class Producer {
     where: string,
     /** send() has checked its options already (its message names the call). */
     optionsChecked = false,
+    waited = false,
   ): Promise<string[]> {
     const names = new Set<string>();
     jobs.forEach((job, i) => {
@@ -142,6 +157,7 @@ export class Producer {
         deadLetter: policy.deadLetter,
         retentionMs: policy.retentionMs,
         failedRetentionMs: policy.failedRetentionMs,
+        notifyFinish: waited,
       });
     }
     return this.insert(rows, executor);
@@ -318,7 +334,7 @@ export class Producer {
   }
 }
 
-/** The parallel arrays of insertJobs ($1..$14), in parameter order. */
+/** The parallel arrays of insertJobs ($1..$15), in parameter order. */
 export function insertColumns(rows: readonly InsertRow[]): (string | number | boolean | null)[][] {
   return [
     rows.map((r) => r.queue),
@@ -335,5 +351,6 @@ export function insertColumns(rows: readonly InsertRow[]): (string | number | bo
     rows.map((r) => r.deadLetter),
     rows.map((r) => r.retentionMs),
     rows.map((r) => r.failedRetentionMs),
+    rows.map((r) => r.notifyFinish),
   ];
 }

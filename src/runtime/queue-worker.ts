@@ -16,7 +16,6 @@ import type { Queries } from '../sql/queries.js';
 import type { Completer } from './completer.js';
 import type { Heartbeat } from './heartbeat.js';
 import {
-  type ActiveJob,
   type BatchHandler,
   type ClaimedJob,
   claimedFromRaw,
@@ -107,7 +106,7 @@ export class QueueWorker {
   private reserved = 0;
   /** Woken (new work may be due) since the last claim began. */
   private dirty = false;
-  /** The last claim came back full: more is probably waiting. */
+  /** The last claim to return came back full: more is probably waiting. */
   private more = false;
   /**
    * The next claim starts after this key (null: at the front): the largest key claimed so far,
@@ -265,8 +264,9 @@ export class QueueWorker {
         return;
       }
       const slots = Math.min(free, this.fetchMax);
+      // A wake is answered by this claim; `more` stays until a claim comes back short, so a
+      // second claim can start while this one runs, as soon as slots free.
       this.dirty = false;
-      this.more = false;
       this.reserved += slots;
       const claim = this.claim(slots).finally(() => {
         this.claims.delete(claim);
@@ -292,15 +292,20 @@ export class QueueWorker {
     const epoch = this.cursorEpoch;
     let rows: ClaimedJob[];
     try {
-      const raw = await this.d.db.queryRaw('claim', this.d.q.claim, [
-        this.queue,
-        limit,
-        token,
-        this.d.workerId,
-        start?.negPriority ?? -2_147_483_648,
-        start?.runAtUs ?? 0,
-        start?.id ?? 0,
-      ], true);
+      const raw = await this.d.db.queryRaw(
+        'claim',
+        this.d.q.claim,
+        [
+          this.queue,
+          limit,
+          token,
+          this.d.workerId,
+          start?.negPriority ?? -2_147_483_648,
+          start?.runAtUs ?? 0,
+          start?.id ?? 0,
+        ],
+        true,
+      );
       rows = new Array(raw.length);
       for (let i = 0; i < raw.length; i++) rows[i] = claimedFromRaw(raw[i]!, token);
       this.errorStreak = 0;
@@ -324,7 +329,7 @@ export class QueueWorker {
       this.d.announceClaim(lease);
     }
     // Full: more may be waiting, claim again as slots free. Short: drained, sleep until woken.
-    if (rows.length === limit) this.more = true;
+    this.more = rows.length === limit;
     this.dispatch(rows);
   }
 
@@ -423,7 +428,10 @@ export class QueueWorker {
       then(o);
     };
     run.finish = finish;
-    if (run.aborted) return finish({ ok: false, error: run.reason });
+    if (run.aborted) {
+      finish({ ok: false, error: run.reason });
+      return;
+    }
     const h = this.o.handler;
     // Making a signal costs more than a no-op job: a handler declared with exactly one
     // parameter cannot read the second argument, so it gets none made (job.signal still
@@ -439,7 +447,8 @@ export class QueueWorker {
               signal,
             );
     } catch (error) {
-      return finish({ ok: false, error });
+      finish({ ok: false, error });
+      return;
     }
     if (value !== null && typeof (value as PromiseLike<unknown>)?.then === 'function') {
       (value as PromiseLike<unknown>).then(

@@ -18,22 +18,23 @@ export function buildQueries(schema: string) {
   const jobs = `${s}.jobs`;
   const channel = quoteLiteral(channelFor(schema));
 
-  /** Inserts one row per array element, from the parallel arrays $1..$14. */
+  /** Inserts one row per array element, from the parallel arrays $1..$15. */
   const insertColumns = `queue, state, priority, run_at, payload, max_attempts, retry_delay_ms,
       retry_backoff, retry_delay_max_ms, timeout_ms, lease_ms, singleton_key, dead_letter,
-      retention_ms, failed_retention_ms`;
+      retention_ms, failed_retention_ms, notify_finish`;
   const insertSelect = `
     SELECT t.queue,
            CASE WHEN t.run_at > now() THEN 'scheduled' ELSE 'available' END,
            t.priority, coalesce(t.run_at, now()), t.payload::jsonb, t.max_attempts,
            t.retry_delay_ms, t.retry_backoff, t.retry_delay_max_ms, t.timeout_ms, t.lease_ms,
-           t.singleton_key, t.dead_letter, t.retention_ms, t.failed_retention_ms
+           t.singleton_key, t.dead_letter, t.retention_ms, t.failed_retention_ms,
+           coalesce(t.notify_finish, false)
       FROM unnest($1::text[], $2::int[], $3::timestamptz[], $4::text[], $5::int[], $6::int[],
                   $7::bool[], $8::int[], $9::int[], $10::int[], $11::text[], $12::text[],
-                  $13::bigint[], $14::bigint[])
+                  $13::bigint[], $14::bigint[], $15::bool[])
            WITH ORDINALITY AS t(queue, priority, run_at, payload, max_attempts, retry_delay_ms,
                 retry_backoff, retry_delay_max_ms, timeout_ms, lease_ms, singleton_key,
-                dead_letter, retention_ms, failed_retention_ms, ord)
+                dead_letter, retention_ms, failed_retention_ms, notify_finish, ord)
      ORDER BY t.ord`;
 
   /** Columns a worker needs from a claimed job. */
@@ -76,7 +77,7 @@ export function buildQueries(schema: string) {
     deleteQueue: `DELETE FROM ${s}.queues WHERE name = $1 RETURNING name`,
 
     /**
-     * $1..$14 parallel arrays (see insertSelect). One round trip for any number of jobs; the
+     * $1..$15 parallel arrays (see insertSelect). One round trip for any number of jobs; the
      * statement trigger sends one NOTIFY per queue. Rows come back in input order.
      */
     insertJobs: `INSERT INTO ${jobs} (${insertColumns}) ${insertSelect}
