@@ -110,6 +110,7 @@ function rowFor(i: number): Row {
     deadLetter: null,
     retentionMs: DEFAULT_RETENTION_MS,
     failedRetentionMs: DEFAULT_FAILED_RETENTION_MS,
+    notifyFinish: false,
   };
 }
 

@@ -39,7 +39,9 @@ try {
     await producer.createQueue('p', { retentionMs: 0 });
     for (let i = 0; i < JOBS; i += 50_000) {
       const n = Math.min(50_000, JOBS - i);
-      await producer.sendMany(Array.from({ length: n }, (_, k) => ({ queue: 'p', payload: { n: i + k } })));
+      await producer.sendMany(
+        Array.from({ length: n }, (_, k) => ({ queue: 'p', payload: { n: i + k } })),
+      );
     }
     await producer.stop();
     let pin: pg.Client | undefined;
@@ -49,7 +51,8 @@ try {
       await pin.query('BEGIN ISOLATION LEVEL REPEATABLE READ');
       await pin.query('SELECT txid_current()');
     }
-    const hark = new Hark({ connectionString: db.url, schema });
+    const claimCommit = process.argv.includes('--claim-commit=sync') ? 'sync' : 'async';
+    const hark = new Hark({ connectionString: db.url, schema, claimCommit });
     await hark.start();
     const marks: string[] = [];
     const markEvery = Math.max(1, Math.floor(JOBS / 5));
