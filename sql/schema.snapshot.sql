@@ -80,9 +80,11 @@ BEGIN
     CASE WHEN n.first_run_at <= now() THEN '0'
          ELSE ceil(extract(epoch FROM n.first_run_at) * 1000)::bigint::text END
     || '|' || n.lease_ms || '|' || n.top_priority || ':' ||
-    (extract(epoch FROM n.first_run_at) * 1000000)::bigint)
+    (extract(epoch FROM n.first_run_at) * 1000000)::bigint || '|' ||
+    coalesce(ceil(extract(epoch FROM n.first_future) * 1000)::bigint::text, ''))
   FROM (SELECT queue, min(run_at) AS first_run_at, min(lease_ms) AS lease_ms,
-               - max(priority) AS top_priority
+               - max(priority) AS top_priority,
+               min(run_at) FILTER (WHERE run_at > now()) AS first_future
           FROM new_jobs
          WHERE state IN ('available', 'scheduled', 'retry') GROUP BY queue) n;
   RETURN NULL;

@@ -357,7 +357,9 @@ export class Hark {
   private route(payload: string): void {
     const message = parseMessage(payload);
     if (message.kind === 'jobs') {
-      this.workers.get(message.queue)?.dueAt(message.dueAt, message.from);
+      const worker = this.workers.get(message.queue);
+      worker?.dueAt(message.dueAt, message.from);
+      if (message.nextAt !== null) worker?.dueLater(message.nextAt);
     } else if (message.kind === 'cancelled') {
       for (const w of this.workers.values()) if (w.abortJob(message.id)) break;
     } else if (message.kind === 'finished') {

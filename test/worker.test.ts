@@ -386,3 +386,93 @@ describe('the claim cursor', () => {
     assert.equal(new Set(ran).size, 33);
   });
 });
+
+describe('review fixes', () => {
+  test('a delayed job that shares an insert with a due one still gets its timer', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-mixed');
+    const ran: string[] = [];
+    await hark.work('w-mixed', {}, async (job) => {
+      ran.push(job.payload as string);
+    });
+    // Sent in the same tick, the two sends share one statement (and one notification).
+    const before = hark.statements.byPurpose['send'] ?? 0;
+    await Promise.all([
+      hark.send('w-mixed', 'now'),
+      hark.send('w-mixed', 'later', { delayMs: 300 }),
+    ]);
+    assert.equal((hark.statements.byPurpose['send'] ?? 0) - before, 1);
+    await waitFor('the due job', () => ran.includes('now'));
+    // Nothing else happens on this queue: only the timer can start the delayed job.
+    await waitFor('the delayed job', () => ran.includes('later'), { timeoutMs: 5_000 });
+    // The same for sendMany.
+    await hark.sendMany([
+      { queue: 'w-mixed', payload: 'many-now' },
+      { queue: 'w-mixed', payload: 'many-later', options: { delayMs: 300 } },
+    ]);
+    await waitFor('the delayed job of a batch', () => ran.includes('many-later'), {
+      timeoutMs: 5_000,
+    });
+  });
+
+  test('a claim the database refuses is retried with backoff, not in a loop', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-refused');
+    const jobs = ctx.t('jobs');
+    await ctx.pool.query(`CREATE TABLE IF NOT EXISTS "${ctx.schema}".refuse_claims (on_ boolean)`);
+    await ctx.pool.query(`
+      CREATE OR REPLACE FUNCTION "${ctx.schema}".refuse_claim() RETURNS trigger
+      LANGUAGE plpgsql AS $$
+      BEGIN
+        IF EXISTS (SELECT 1 FROM "${ctx.schema}".refuse_claims) THEN
+          RAISE EXCEPTION 'claims refused by test trigger';
+        END IF;
+        RETURN NEW;
+      END $$`);
+    await ctx.pool.query(`CREATE TRIGGER refuse_claim BEFORE UPDATE ON ${jobs}
+      FOR EACH ROW WHEN (NEW.queue = 'w-refused' AND NEW.state = 'active')
+      EXECUTE FUNCTION "${ctx.schema}".refuse_claim()`);
+    try {
+      const ran: number[] = [];
+      await hark.work('w-refused', { concurrency: 4 }, async (job) => {
+        ran.push(job.payload as number);
+      });
+      // A full claim first, so the worker believes more is waiting when the refusals begin.
+      await hark.sendMany(
+        Array.from({ length: 8 }, (_, i) => ({ queue: 'w-refused', payload: i })),
+      );
+      await waitFor('the first jobs', () => ran.length >= 2);
+      await ctx.pool.query(`INSERT INTO "${ctx.schema}".refuse_claims VALUES (true)`);
+      await hark.sendMany(
+        Array.from({ length: 8 }, (_, i) => ({ queue: 'w-refused', payload: 100 + i })),
+      );
+      const claims = () => hark.statements.byPurpose['claim'] ?? 0;
+      const before = claims();
+      await new Promise((r) => setTimeout(r, 600));
+      // Backoff from 200 ms: a handful of attempts, not one per round trip.
+      assert.ok(claims() - before <= 6, `${claims() - before} claims in 600 ms`);
+      await ctx.pool.query(`DELETE FROM "${ctx.schema}".refuse_claims`);
+      await waitFor('every job', () => ran.length === 16, { timeoutMs: 15_000 });
+    } finally {
+      await ctx.pool.query(`DROP TRIGGER IF EXISTS refuse_claim ON ${jobs}`);
+    }
+  });
+
+  test('a handler returning a thenable whose then throws fails the job and frees the slot', async () => {
+    const hark = await ctx.hark();
+    await hark.createQueue('w-thenable', { retryLimit: 0 });
+    await hark.work('w-thenable', { concurrency: 1 }, (job) => {
+      if (job.payload === 'bad')
+        return {
+          // biome-ignore lint/suspicious/noThenProperty: the point of the test
+          then() {
+            throw new Error('then exploded');
+          },
+        } as unknown as Promise<string>;
+      return 'fine';
+    });
+    const bad = await hark.send('w-thenable', 'bad');
+    await assert.rejects(hark.waitForJob(bad), /then exploded/);
+    assert.equal(await hark.sendAndWait('w-thenable', 'ok'), 'fine');
+  });
+});

@@ -20,8 +20,11 @@ CREATE INDEX jobs_claim_idx ON {{schema}}.jobs (queue, (- priority), run_at, id)
   WHERE state IN ('available', 'scheduled', 'retry');
 
 -- Wake-ups carry the smallest claim key of the statement's jobs, '<-max priority>:<min run_at
--- in epoch microseconds>', so a worker whose last claim ended past it starts there instead.
--- Payload: 'q|<queue>|<earliest run_at, epoch ms, 0 when due>|<shortest lease ms>|<key>'.
+-- in epoch microseconds>', so a worker whose last claim ended past it starts there instead, and
+-- the earliest future run_at even when some jobs are due at once (one statement may hold both:
+-- sendMany, or concurrent sends sharing a statement), so the worker arms its timer for it.
+-- Payload: 'q|<queue>|<earliest run_at, epoch ms, 0 when due>|<shortest lease ms>|<key>|
+-- <earliest future run_at, epoch ms, or empty>'.
 CREATE OR REPLACE FUNCTION {{schema}}.notify_jobs_inserted() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -29,9 +32,11 @@ BEGIN
     CASE WHEN n.first_run_at <= now() THEN '0'
          ELSE ceil(extract(epoch FROM n.first_run_at) * 1000)::bigint::text END
     || '|' || n.lease_ms || '|' || n.top_priority || ':' ||
-    (extract(epoch FROM n.first_run_at) * 1000000)::bigint)
+    (extract(epoch FROM n.first_run_at) * 1000000)::bigint || '|' ||
+    coalesce(ceil(extract(epoch FROM n.first_future) * 1000)::bigint::text, ''))
   FROM (SELECT queue, min(run_at) AS first_run_at, min(lease_ms) AS lease_ms,
-               - max(priority) AS top_priority
+               - max(priority) AS top_priority,
+               min(run_at) FILTER (WHERE run_at > now()) AS first_future
           FROM new_jobs
          WHERE state IN ('available', 'scheduled', 'retry') GROUP BY queue) n;
   RETURN NULL;

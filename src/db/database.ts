@@ -136,7 +136,13 @@ export class Database {
 /** Leaves every value as the server sent it (text). */
 const RAW_TEXT = { getTypeParser: () => (value: string) => value };
 
-/** PgBouncer's answer to a startup option it does not pass on. */
+/**
+ * A server or pooler refusing the connection's startup option: PgBouncer says "unsupported
+ * startup parameter"; others refuse the connection with a protocol violation (08P01) or a
+ * rejected connection (08004), or name the parameter or the options.
+ */
 function refusesStartupOptions(err: unknown): boolean {
-  return /unsupported startup parameter/i.test(String((err as Error)?.message ?? ''));
+  const e = err as { code?: unknown; message?: unknown } | null;
+  if (e?.code === '08P01' || e?.code === '08004') return true;
+  return /startup parameter|configuration parameter|options/i.test(String(e?.message ?? ''));
 }

@@ -20,6 +20,8 @@ export type Message =
       leaseMs: number | null;
       /** The smallest claim key of the announced jobs (inserts only); null: unknown. */
       from: ClaimStart | null;
+      /** The earliest future run_at among them (epoch ms), even when others are due now. */
+      nextAt: number | null;
     }
   | { kind: 'finished'; id: string }
   | { kind: 'cancelled'; id: string }
@@ -35,7 +37,7 @@ export interface ClaimStart {
 }
 
 export function parseMessage(payload: string): Message {
-  const [tag, a = '', b = '', c = '', d = ''] = payload.split('|');
+  const [tag, a = '', b = '', c = '', d = '', e = ''] = payload.split('|');
   switch (tag) {
     case 'q': {
       const due = Number(b);
@@ -52,6 +54,7 @@ export function parseMessage(payload: string): Message {
           d !== '' && Number.isSafeInteger(negPriority) && Number.isSafeInteger(runAtUs)
             ? { negPriority, runAtUs }
             : null,
+        nextAt: e !== '' && Number.isFinite(Number(e)) ? Number(e) : null,
       };
     }
     case 'd':

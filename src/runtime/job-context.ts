@@ -84,7 +84,7 @@ export interface SignalSource {
   signal(): AbortSignal;
 }
 
-/** The public view of a claimed job (no token): dates and the signal are made on first use. */
+/** The public view of a claimed job (no token); its signal is made on first use. */
 class JobView implements ActiveJob {
   readonly id: string;
   readonly queue: string;
@@ -92,10 +92,11 @@ class JobView implements ActiveJob {
   readonly attempt: number;
   readonly maxAttempts: number;
   readonly priority: number;
+  readonly runAt: Date;
+  readonly createdAt: Date;
   readonly singletonKey: string | null;
   readonly timeoutMs: number | null;
   readonly leaseMs: number;
-  readonly #j: ClaimedJob;
   readonly #source: SignalSource;
 
   constructor(j: ClaimedJob, source: SignalSource) {
@@ -105,39 +106,17 @@ class JobView implements ActiveJob {
     this.attempt = j.attempt;
     this.maxAttempts = j.maxAttempts;
     this.priority = j.priority;
+    this.runAt = new Date(j.runAtMs);
+    this.createdAt = new Date(j.createdAtMs);
     this.singletonKey = j.singletonKey;
     this.timeoutMs = j.timeoutMs;
     this.leaseMs = j.leaseMs;
-    this.#j = j;
     this.#source = source;
   }
 
-  get runAt(): Date {
-    return new Date(this.#j.runAtMs);
-  }
-
-  get createdAt(): Date {
-    return new Date(this.#j.createdAtMs);
-  }
-
+  /** Not an own property (spread and structuredClone leave it out): it is made on first use. */
   get signal(): AbortSignal {
     return this.#source.signal();
-  }
-
-  toJSON(): Omit<ActiveJob, 'signal'> {
-    return {
-      id: this.id,
-      queue: this.queue,
-      payload: this.payload,
-      attempt: this.attempt,
-      maxAttempts: this.maxAttempts,
-      priority: this.priority,
-      runAt: this.runAt,
-      createdAt: this.createdAt,
-      singletonKey: this.singletonKey,
-      timeoutMs: this.timeoutMs,
-      leaseMs: this.leaseMs,
-    };
   }
 }
 

@@ -114,9 +114,16 @@ export class QueueWorker {
    * horizon this keeps claims from walking the dead index entries of every job claimed before.
    */
   private cursor: ClaimKey | null = null;
-  /** Counts resets, so a claim in flight during one does not move the cursor past it. */
-  private cursorEpoch = 0;
+  /**
+   * Resets made while claims were in flight (null key: to the front). A claim that returns
+   * moves the cursor no further than the smallest key reset since it began: a job announced
+   * meanwhile may have committed after its snapshot.
+   */
+  private resets: { seq: number; key: ClaimKey | null }[] = [];
+  private resetSeq = 0;
   private lastFullClaim = 0;
+  /** Jobs whose claim returned after stop() had stopped waiting for it. */
+  private late: ClaimedJob[] = [];
   private stopping = false;
   private timer: NodeJS.Timeout | undefined;
   private timerAt = Number.POSITIVE_INFINITY;
@@ -168,16 +175,21 @@ export class QueueWorker {
     else this.armTimer(atMs);
   }
 
+  /** A job of this queue becomes due at `atMs` (epoch ms): arm the timer, nothing else. */
+  dueLater(atMs: number): void {
+    if (atMs > Date.now()) this.armTimer(atMs);
+    else this.dueAt(atMs);
+  }
+
   /** Jobs may wait before the cursor: start the next claim at `from` (null: the front). */
   private resetCursor(from: ClaimStart | null): void {
-    this.cursorEpoch++;
+    const key =
+      from === null ? null : { negPriority: from.negPriority, runAtUs: from.runAtUs, id: 0 };
+    // Claims in flight may not have seen the announced jobs; they read this log on return.
+    if (this.claims.size > 0) this.resets.push({ seq: ++this.resetSeq, key });
     if (this.cursor === null) return;
-    if (from === null) {
-      this.cursor = null;
-      return;
-    }
-    const key = { negPriority: from.negPriority, runAtUs: from.runAtUs, id: 0 };
-    if (keyBefore(key, this.cursor)) this.cursor = key;
+    if (key === null) this.cursor = null;
+    else if (keyBefore(key, this.cursor)) this.cursor = key;
   }
 
   /** While the listener cannot be trusted, poll; stop as soon as it can. */
@@ -241,7 +253,11 @@ export class QueueWorker {
   /** Applies a nextRunAt row: fetch if something is due, arm the timer for the next one. */
   onNextRunAt(row: { at: number | null; due: boolean } | undefined): void {
     if (!row) return;
-    if (row.due) this.wake();
+    if (row.due) {
+      // Due scheduled jobs or retries may sit before the cursor (a higher priority).
+      this.resetCursor(null);
+      this.wake();
+    }
     if (row.at !== null) this.armTimer(row.at);
   }
 
@@ -289,7 +305,7 @@ export class QueueWorker {
       this.lastFullClaim = now;
     }
     const start = this.cursor;
-    const epoch = this.cursorEpoch;
+    const seq = this.resetSeq;
     let rows: ClaimedJob[];
     try {
       const raw = await this.d.db.queryRaw(
@@ -312,14 +328,26 @@ export class QueueWorker {
     } catch (err) {
       this.reserved -= slots;
       this.errorStreak++;
+      // Only the retry timer wakes this worker again (no claim storm while the database
+      // refuses), and the next claim starts at the front: a sibling claim may have moved the
+      // cursor past rows this one had locked, which its rollback has just freed.
+      this.more = false;
+      this.resetCursor(null);
       this.d.events.emit('worker:error', { queue: this.queue, error: err as Error });
+      if (this.stopping) return;
       const delay = Math.min(30_000, 100 * 2 ** Math.min(this.errorStreak, 10));
       clearTimeout(this.retryTimer);
       this.retryTimer = setTimeout(() => this.wake(), delay);
       return;
     }
     this.reserved -= slots;
-    if (rows.length > 0 && epoch === this.cursorEpoch) this.advanceCursor(rows);
+    if (rows.length > 0) this.advanceCursor(rows, seq);
+    this.pruneResets();
+    if (this.stopping) {
+      // stop() stopped waiting for this claim: hand its jobs back instead of starting them.
+      this.late.push(...rows);
+      return;
+    }
     if (this.unannounced && rows.length > 0) {
       // The leader learns of claims from the notifications that cause them; this one had
       // none (start-up catch-up or polling), so tell it, or nobody would plan a rescue.
@@ -333,9 +361,12 @@ export class QueueWorker {
     this.dispatch(rows);
   }
 
-  /** Moves the cursor to the largest key claimed (rows come back in no particular order). */
-  private advanceCursor(rows: ClaimedJob[]): void {
-    let max = this.cursor;
+  /**
+   * Moves the cursor to the largest key claimed (rows come back in no particular order), but
+   * no further than any reset made since the claim began (`seq`).
+   */
+  private advanceCursor(rows: ClaimedJob[], seq: number): void {
+    let max: ClaimKey | null = this.cursor;
     for (const r of rows) {
       const id = Number(r.id);
       if (!Number.isSafeInteger(id)) {
@@ -345,7 +376,20 @@ export class QueueWorker {
       const key = { negPriority: -r.priority, runAtUs: r.runAtUs, id };
       if (max === null || keyBefore(max, key)) max = key;
     }
-    this.cursor = max;
+    for (const reset of this.resets) {
+      if (reset.seq <= seq) continue;
+      if (reset.key === null) return; // reset to the front since: leave the cursor there
+      if (max !== null && keyBefore(reset.key, max)) max = reset.key;
+    }
+    if (this.cursor === null || (max !== null && keyBefore(this.cursor, max))) {
+      // The cursor may have been moved back since the claim began; never past a reset key.
+      this.cursor = max;
+    }
+  }
+
+  /** Drops the resets no claim in flight can need. */
+  private pruneResets(): void {
+    if (this.claims.size <= 1) this.resets = [];
   }
 
   /**
@@ -412,6 +456,8 @@ export class QueueWorker {
       try {
         this.onOutcome(run, outcome, now);
       } catch (error) {
+        for (const job of jobs) this.d.heartbeat.untrack(job.id, job.token);
+        this.settle(run);
         this.forget(run);
         events.emit('worker:error', { queue: this.queue, error: error as Error });
       }
@@ -450,12 +496,16 @@ export class QueueWorker {
       finish({ ok: false, error });
       return;
     }
-    if (value !== null && typeof (value as PromiseLike<unknown>)?.then === 'function') {
-      (value as PromiseLike<unknown>).then(
-        (v) => finish({ ok: true, value: v }),
-        (error) => finish({ ok: false, error }),
-      );
-    } else finish({ ok: true, value });
+    try {
+      if (value !== null && typeof (value as PromiseLike<unknown>)?.then === 'function') {
+        (value as PromiseLike<unknown>).then(
+          (v) => finish({ ok: true, value: v }),
+          (error) => finish({ ok: false, error }),
+        );
+      } else finish({ ok: true, value });
+    } catch (error) {
+      finish({ ok: false, error }); // a thenable whose then throws
+    }
   }
 
   /** The handler settled or the attempt was aborted: free the slot, hand the outcome on. */
@@ -567,8 +617,19 @@ export class QueueWorker {
     clearTimeout(this.timer);
     clearTimeout(this.retryTimer);
     this.setPolling(false);
-    // Claims in flight hand their jobs to handlers first; those count as running below.
-    await Promise.all([...this.claims]);
+    // Claims in flight hand their jobs to handlers first; those count as running below. A
+    // claim still out at the deadline keeps its jobs (they are released when it returns, if
+    // the process is still up, or rescued when their lease ends).
+    if (this.claims.size > 0) {
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all([...this.claims]),
+        new Promise((r) => {
+          t = setTimeout(r, Math.max(0, deadline - Date.now()));
+        }),
+      ]);
+      clearTimeout(t);
+    }
     const left = deadline - Date.now();
     if (this.running.size > 0 && left > 0) {
       let t: NodeJS.Timeout | undefined;
@@ -580,7 +641,7 @@ export class QueueWorker {
       ]);
       clearTimeout(t);
     }
-    const released: ClaimedJob[] = [];
+    const released: ClaimedJob[] = this.late.splice(0);
     const abandoned = [...this.running];
     for (const run of abandoned) {
       run.released = true;

@@ -148,7 +148,8 @@ export function buildQueries(schema: string) {
      * pair of rows): a
      * worker that lost its lease completes nothing. Returns the ids that completed. A job kept
      * for 0 ms that nobody waits for is deleted at once: one write instead of an update now and
-     * a delete by retention later.
+     * a delete by retention later. Every other job is updated, including one the delete skipped
+     * because a waiter marked it after this statement's snapshot (the update re-reads the row).
      */
     complete: `
       WITH i AS (
@@ -167,7 +168,7 @@ export function buildQueries(schema: string) {
                lease_token = NULL, lease_expires_at = NULL
           FROM i
          WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-           AND (j.retention_ms > 0 OR j.notify_finish)
+           AND NOT EXISTS (SELECT 1 FROM gone g WHERE g.id = j.id)
         RETURNING j.id, i.token, j.notify_finish
       )
       SELECT id::text AS id, token::text AS token, false AS notify_finish FROM gone
