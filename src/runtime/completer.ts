@@ -16,6 +16,8 @@ interface Completion {
   token: string;
   output: string | null;
   resolve: (accepted: boolean) => void;
+  /** Refused once already (see flush). */
+  again?: boolean;
 }
 
 interface Failure {
@@ -119,7 +121,15 @@ export class Completer {
           ok.add(key(row.id, row.token));
           if (row.notify_finish) waited.push(row.id);
         }
-        for (const c of done) c.resolve(ok.has(key(c.id, c.token)));
+        for (const c of done) {
+          if (ok.has(key(c.id, c.token))) c.resolve(true);
+          else if (!c.again) {
+            // Refused: a lost lease (refused again, harmlessly), or a waiter marked the job
+            // between the statement's snapshot and its delete (taken the second time).
+            c.again = true;
+            this.completions.push(c);
+          } else c.resolve(false);
+        }
         done.length = 0;
       }
       if (failed.length > 0) {

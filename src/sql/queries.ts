@@ -148,8 +148,10 @@ export function buildQueries(schema: string) {
      * pair of rows): a
      * worker that lost its lease completes nothing. Returns the ids that completed. A job kept
      * for 0 ms that nobody waits for is deleted at once: one write instead of an update now and
-     * a delete by retention later. Every other job is updated, including one the delete skipped
-     * because a waiter marked it after this statement's snapshot (the update re-reads the row).
+     * a delete by retention later. A job a waiter marks after this statement's snapshot is
+     * taken by neither part (the delete re-reads it and skips it, the update judged the old
+     * row): the completer tries such a job once more (an anti-join of the update with the
+     * delete's rows, tried instead, cut throughput to a third).
      */
     complete: `
       WITH i AS (
@@ -168,7 +170,7 @@ export function buildQueries(schema: string) {
                lease_token = NULL, lease_expires_at = NULL
           FROM i
          WHERE j.id = ANY ($1::bigint[]) AND j.id = i.id AND j.lease_token = i.token
-           AND NOT EXISTS (SELECT 1 FROM gone g WHERE g.id = j.id)
+           AND (j.retention_ms > 0 OR j.notify_finish)
         RETURNING j.id, i.token, j.notify_finish
       )
       SELECT id::text AS id, token::text AS token, false AS notify_finish FROM gone
