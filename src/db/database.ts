@@ -35,27 +35,22 @@ export class Database {
   readonly breaker: CircuitBreaker;
 
   constructor(private readonly options: DatabaseOptions) {
-    this.pool = new pg.Pool({
-      connectionString: options.connectionString,
-      max: options.poolMax,
-      application_name: options.applicationName,
-      keepAlive: true,
-      idleTimeoutMillis: 30_000,
-    });
-    this.pool.on('error', (err) => options.onIdleError(err));
-    if (options.relaxedPoolMax) {
-      this.relaxed = new pg.Pool({
+    const open = (max: number, startup?: string) => {
+      const pool = new pg.Pool({
         connectionString: options.connectionString,
-        max: options.relaxedPoolMax,
+        max,
         application_name: options.applicationName,
         keepAlive: true,
         idleTimeoutMillis: 30_000,
-        options: '-c synchronous_commit=off',
+        ...(startup ? { options: startup } : {}),
       });
-      this.relaxed.on('error', (err) => options.onIdleError(err));
-    } else {
-      this.relaxed = this.pool;
-    }
+      pool.on('error', (err) => options.onIdleError(err));
+      return pool;
+    };
+    this.pool = open(options.poolMax);
+    this.relaxed = options.relaxedPoolMax
+      ? open(options.relaxedPoolMax, '-c synchronous_commit=off')
+      : this.pool;
     this.breaker = new CircuitBreaker({
       probe: async () => {
         this.counter.add('probe');

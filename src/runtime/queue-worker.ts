@@ -456,7 +456,6 @@ export class QueueWorker {
       try {
         this.onOutcome(run, outcome, now);
       } catch (error) {
-        for (const job of jobs) this.d.heartbeat.untrack(job.id, job.token);
         this.settle(run);
         this.forget(run);
         events.emit('worker:error', { queue: this.queue, error: error as Error });
@@ -511,10 +510,6 @@ export class QueueWorker {
   /** The handler settled or the attempt was aborted: free the slot, hand the outcome on. */
   private onOutcome(run: Running, outcome: Outcome, startedAt: number): void {
     const { jobs } = run;
-    // Stop renewing. A completion racing a heartbeat would otherwise look like a lost lease;
-    // if the outcome cannot be written before the lease lapses, the job is rescued and runs
-    // again, which is the at-least-once contract.
-    for (const job of jobs) this.d.heartbeat.untrack(job.id, job.token);
     this.settle(run);
     if (run.released || (run.aborted && run.reason instanceof LeaseLostError)) {
       // Shutdown handed the jobs back, or they are not ours any more.
@@ -573,10 +568,15 @@ export class QueueWorker {
     }
   }
 
-  /** The handler settled (or was abandoned): free its slot; the outcome is written after. */
+  /** The handler settled (or was abandoned): stop its leases, free its slot; the outcome is
+   * written after. */
   private settle(run: Running): void {
     if (run.settled) return;
     run.settled = true;
+    // Stop renewing. A completion racing a heartbeat would otherwise look like a lost lease;
+    // if the outcome cannot be written before the lease lapses, the job is rescued and runs
+    // again, which is the at-least-once contract.
+    for (const job of run.jobs) this.d.heartbeat.untrack(job.id, job.token);
     this.running.delete(run);
     this.slotsInUse--;
     if (this.running.size === 0) for (const w of this.idleWaiters.splice(0)) w();
@@ -646,8 +646,7 @@ export class QueueWorker {
     for (const run of abandoned) {
       run.released = true;
       released.push(...run.jobs);
-      for (const job of run.jobs) this.d.heartbeat.untrack(job.id, job.token);
-      run.abort(new ShutdownError()); // settles the run at once (see invoke)
+      run.abort(new ShutdownError()); // settles the run at once (see invoke), leases untracked
     }
     return released;
   }

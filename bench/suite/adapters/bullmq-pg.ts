@@ -14,9 +14,6 @@
  * - node_modules/bullmq/dist/esm/postgres/postgres-connection.d.ts (PostgresPoolConfig) and
  *   postgres/migrator.d.ts (runMigrations, DEFAULT_SCHEMA)
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   createPostgresBackend,
   type DefaultJobOptions,
@@ -27,6 +24,7 @@ import {
 } from 'bullmq';
 import pg from 'pg';
 import type { Adapter, BenchPayload, Consumer, Producer, Target } from '../adapter.js';
+import { packageVersion } from './package-version.js';
 
 const { Queue, Worker } = withBackend(createPostgresBackend);
 type PgQueue = InstanceType<typeof Queue>;
@@ -50,20 +48,6 @@ export const PRODUCER_POOL_MAX = 10;
 
 /** Finished jobs are deleted ("Let retention do its work", same guide). */
 export const JOB_OPTIONS: DefaultJobOptions = { removeOnComplete: true, removeOnFail: true };
-
-function packageVersion(name: string): string {
-  let dir = dirname(fileURLToPath(import.meta.resolve(name)));
-  for (;;) {
-    const file = join(dir, 'package.json');
-    if (existsSync(file)) {
-      const pkg = JSON.parse(readFileSync(file, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === name) return pkg.version ?? 'unknown';
-    }
-    const parent = dirname(dir);
-    if (parent === dir) return 'unknown';
-    dir = parent;
-  }
-}
 
 function connection(target: Target, max: number): PostgresPoolConfig {
   return { connectionString: target.connectionString, schema: SCHEMA, max };

@@ -13,12 +13,10 @@
  * - node_modules/bullmq/dist/esm/interfaces/worker-options.d.ts and queue-options.d.ts
  *   (concurrency, prefix, defaultJobOptions; Redis `connection.url`)
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { type DefaultJobOptions, Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { Adapter, BenchPayload, Consumer, Producer, Target } from '../adapter.js';
+import { packageVersion } from './package-version.js';
 
 /** Jobs one Worker processes at once (docs.bullmq.io/guide/workers/concurrency). */
 export const CONCURRENCY = 50;
@@ -31,20 +29,6 @@ export const JOB_OPTIONS: DefaultJobOptions = { removeOnComplete: true, removeOn
 
 /** How long `unavailable` waits for Redis to answer. */
 export const PROBE_TIMEOUT_MS = 2_000;
-
-function packageVersion(name: string): string {
-  let dir = dirname(fileURLToPath(import.meta.resolve(name)));
-  for (;;) {
-    const file = join(dir, 'package.json');
-    if (existsSync(file)) {
-      const pkg = JSON.parse(readFileSync(file, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === name) return pkg.version ?? 'unknown';
-    }
-    const parent = dirname(dir);
-    if (parent === dir) return 'unknown';
-    dir = parent;
-  }
-}
 
 function redisUrl(target: Target): string {
   if (!target.redisUrl) throw new Error('bullmq-redis needs target.redisUrl');

@@ -13,9 +13,6 @@
  * - https://worker.graphile.org/docs/library/run (run / runMigrations with pgPool, taskList,
  *   noHandleSignals; Runner.stop)
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   Logger,
   makeWorkerUtils,
@@ -27,6 +24,7 @@ import {
 } from 'graphile-worker';
 import pg from 'pg';
 import type { Adapter, BenchPayload, Consumer, Producer, Target } from '../adapter.js';
+import { packageVersion } from './package-version.js';
 
 /** graphile-worker's default schema; every run gets a fresh database. */
 export const SCHEMA = 'graphile_worker';
@@ -47,20 +45,6 @@ export const PRODUCER_POOL_SIZE = 10;
 const logger = new Logger(() => (level, message) => {
   if (level === 'error' || level === 'warning') console.error(`[graphile-worker] ${message}`);
 });
-
-function packageVersion(name: string): string {
-  let dir = dirname(fileURLToPath(import.meta.resolve(name)));
-  for (;;) {
-    const file = join(dir, 'package.json');
-    if (existsSync(file)) {
-      const pkg = JSON.parse(readFileSync(file, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === name) return pkg.version ?? 'unknown';
-    }
-    const parent = dirname(dir);
-    if (parent === dir) return 'unknown';
-    dir = parent;
-  }
-}
 
 /**
  * The adapter owns each pg.Pool and passes it as `pgPool` (RunnerOptions in

@@ -12,11 +12,9 @@
  * - https://pgboss.io/api/workers (work options: batchSize, localConcurrency, polling, burst)
  * - https://pgboss.io/api/jobs (send, insert)
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { type ConstructorOptions, PgBoss, type WorkOptions } from 'pg-boss';
 import type { Adapter, BenchPayload, Consumer, Producer, Target } from '../adapter.js';
+import { packageVersion } from './package-version.js';
 
 /** pg-boss's default schema; every run gets a fresh database, so the default is private to it. */
 export const SCHEMA = 'pgboss';
@@ -67,20 +65,6 @@ export const WORK_OPTIONS: WorkOptions = {
 
 /** Graceful stop bound (types.d.ts StopOptions; default 30 s); handlers here are no-ops. */
 export const STOP_TIMEOUT_MS = 10_000;
-
-function packageVersion(name: string): string {
-  let dir = dirname(fileURLToPath(import.meta.resolve(name)));
-  for (;;) {
-    const file = join(dir, 'package.json');
-    if (existsSync(file)) {
-      const pkg = JSON.parse(readFileSync(file, 'utf8')) as { name?: string; version?: string };
-      if (pkg.name === name) return pkg.version ?? 'unknown';
-    }
-    const parent = dirname(dir);
-    if (parent === dir) return 'unknown';
-    dir = parent;
-  }
-}
 
 function makeBoss(target: Target, extra: ConstructorOptions = {}): PgBoss {
   const boss = new PgBoss({
